@@ -2,6 +2,11 @@
 
     python pipelines/compile.py            # writes pipelines/bridge_pipeline.yaml, compare_pipeline.yaml
     python pipelines/compile.py --out DIR  # somewhere else (the staleness test)
+    python pipelines/compile.py --check    # exit 1 when a checked-in YAML differs from a fresh compile
+
+"Differs" means the pipeline spec differs (components, parameters, defaults, images, placement): the
+KFP SDK version stamped into the file (`sdkVersion`) is not part of it, so a patch release of kfp does
+not make the checked-in files stale.
 
 Images: set BRIDGERL_CPU_IMAGE / BRIDGERL_GPU_IMAGE to compile against your registry's tags.
 """
@@ -29,6 +34,22 @@ def fix_header(text: str) -> str:
     return "\n".join(header) + text[cut:]
 
 
+def comparable(text: str) -> list:
+    """The compiled pipeline's documents without what says only which SDK wrote them (`sdkVersion`)."""
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    for d in docs:
+        if isinstance(d, dict):
+            d.pop("sdkVersion", None)
+    return docs
+
+
+def stale(fresh: Path, checked_in: Path) -> bool:
+    """Whether the checked-in YAML describes a different pipeline than the freshly compiled one."""
+    return not checked_in.exists() or comparable(fresh.read_text()) != comparable(checked_in.read_text())
+
+
 def compile_all(out: Path) -> list[Path]:
     import importlib
 
@@ -48,7 +69,17 @@ def compile_all(out: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=HERE)
-    for p in compile_all(ap.parse_args(argv).out):
+    ap.add_argument("--check", action="store_true", help="compile to a temporary folder and compare")
+    args = ap.parse_args(argv)
+    if args.check:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            bad = [p.name for p in compile_all(Path(tmp)) if stale(p, HERE / p.name)]
+        for name in bad:
+            print(f"pipelines/{name} is stale: run `python pipelines/compile.py` and commit it", file=sys.stderr)
+        return 1 if bad else 0
+    for p in compile_all(args.out):
         print(p)
     return 0
 
