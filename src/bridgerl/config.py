@@ -368,8 +368,11 @@ class RegistryConfig(_Section):
 class TrackingConfig(_Section):
     experiment: str = "bridgerl"
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else a local SQLite store
-    local_db: str = "mlruns.db"
+    local_db: str = "mlruns.db"  # relative: from the project root ($DVC_ROOT, or where params.yaml/dvc.yaml are)
     enabled: bool = True
+    system_metrics: bool = True  # CPU/GPU utilisation and memory of the train run (MLflow system metrics; psutil,
+    # GPUs through nvidia-ml-py when installed)
+    system_metrics_interval_s: float = Field(10.0, gt=0.0)
 
 
 class Config(_Section):
