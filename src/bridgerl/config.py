@@ -47,6 +47,9 @@ class SourceSpec(_Section):
     path: str | None = None  # hub id (kind=hub) or file path (kind=local)
     split: str = "train"
     subset: str | None = None  # hub configuration name (e.g. gsm8k "main")
+    # kind=hub: the dataset repository's revision (a commit sha, or a tag/branch) to load; None loads
+    # whatever the hub serves today (a warning says so, and the data card records it as unpinned)
+    revision: str | None = None
     fields: FieldMap = Field(default_factory=FieldMap)
     data_source: str = "math"  # reward/verifier dispatch tag (see bridgerl.rewards)
     answer_regex: str | None = None  # optional: extract the answer from the answer field (gsm8k "####")
@@ -358,6 +361,9 @@ class RegistryConfig(_Section):
     margin: float = Field(0.0, ge=0.0)  # a version must beat the champion's metric by at least this (and strictly)
     min_metric: float | None = None  # never promote below this value (the first champion included)
     auto_promote: bool = False  # the register stage also runs the promotion gate on the new version
+    # whether `bridgerl register` registers: auto = yes, except inside `dvc exp run` ($DVC_EXP_NAME set),
+    # where experiments are compared with `dvc exp show` and the registry is left alone; true / false = always / never
+    register: Literal["auto"] | bool = "auto"
     max_retries: int = Field(4, ge=0)  # retries of each call to a tracking server that is down or slow
     backoff_s: float = Field(1.0, ge=0.0)  # delay before the first retry; doubles at each retry
     timeout_s: int = Field(60, ge=1)  # per HTTP request to the tracking server

@@ -191,9 +191,26 @@ def _log_and_register(cfg: Config, mlc, model_dir: Path, metrics: dict, tags: di
                                         tags={**tags, registry.KEY_TAG: key, registry.STATE_TAG: registry.PENDING})
 
 
+def skip_reason(cfg: Config) -> str | None:
+    """Why this run does not register (registry.register), or None."""
+    mode = cfg.registry.register
+    if mode is False:
+        return "registry.register = false"
+    if mode == "auto" and os.environ.get("DVC_EXP_NAME"):
+        return (f"DVC experiment {os.environ['DVC_EXP_NAME']!r} (registry.register = auto registers from dvc repro, "
+                f"Kubeflow and the command line, not from dvc exp run; -S registry.register=true to register it)")
+    return None
+
+
 def run(cfg: Config, model_dir: str | None = None, on_registered: Callable | None = None) -> dict:
     """Register (or finish registering) the model; `on_registered(version)` runs between creating the
     version and completing it (tests stop the tracking server there)."""
+    skip = skip_reason(cfg)
+    if skip:
+        log.warning("not registering: %s", skip)
+        result = {"name": cfg.registry.model_name, "registered": False, "reason": skip}
+        write_json(cfg.registry.out_file, result)
+        return result
     if not cfg.tracking.enabled:
         raise ConfigError("tracking.enabled = False: `bridgerl register` needs MLflow (set tracking.enabled=true)")
     model_dir = Path(model_dir or cfg.train.out_dir)
@@ -226,7 +243,8 @@ def run(cfg: Config, model_dir: str | None = None, on_registered: Callable | Non
         mv = registry.complete_version(cfg, mlc, mv, tags)
         deleted = registry.clean_stale(cfg, mlc, mv.version)
         rm = registry.call(cfg, f"read registered model {name}", mlc.get_registered_model, name)
-    result = {"name": name, "version": mv.version, "run_id": mv.run_id, "model_uri": f"models:/{name}/{mv.version}",
+    result = {"name": name, "registered": True, "version": mv.version, "run_id": mv.run_id,
+              "model_uri": f"models:/{name}/{mv.version}",
               "tracking_uri": tracking_uri(cfg), "key": key, "resumed": resumed, "deleted_stale": deleted,
               "aliases": sorted(a for a, v in rm.aliases.items() if v == mv.version),
               "challenger": rm.aliases.get(registry.CHALLENGER),
