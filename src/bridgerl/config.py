@@ -185,7 +185,9 @@ class ModelConfig(_Section):
     base: str = "embedded"  # "embedded", a hub id, or a local model directory
     revision: str | None = None
     tiny: TinyModel = Field(default_factory=TinyModel)
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    # auto: init-model keeps the checkpoint's dtype (transformers' dtype="auto"); training and evaluation
+    # compute in bf16 on GPU, fp32 on CPU
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     out_dir: str = "models/base"
 
 
