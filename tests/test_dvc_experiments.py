@@ -48,7 +48,7 @@ def _store(root):
 
 
 def _versions(root) -> list[str]:
-    return sorted(v.version for v in _store(root).search_model_versions("name = 'bridgerl-default'"))
+    return sorted(str(v.version) for v in _store(root).search_model_versions("name = 'bridgerl-default'"))
 
 
 def test_repro_on_the_branch_registers(repo):
@@ -77,7 +77,8 @@ def test_exp_run_and_queued_sweep_leave_the_registry_alone(repo):
     assert {0.1, 0.3, 0.9} <= lams, show
 
     assert _versions(repo) == ["1"], "an experiment created a registry version"
-    assert dict(_store(repo).get_registered_model("bridgerl-default").aliases) == {"challenger": "1"}
+    aliases = _store(repo).get_registered_model("bridgerl-default").aliases
+    assert {k: str(v) for k, v in aliases.items()} == {"challenger": "1"}
     # the queued runs ran in DVC's temporary copies, yet logged to this project's store
     mlc = _store(repo)
     exp_id = mlc.get_experiment_by_name("bridgerl").experiment_id
