@@ -90,3 +90,52 @@ def test_portable_model_requirements_and_sampling_params(registered):
     assert greedy == model.predict(prompt), "greedy serving must be deterministic"
     outs = {model.predict(prompt, params={"do_sample": True, "temperature": 5.0, "top_p": 1.0})[0] for _ in range(4)}
     assert len(outs) > 1, "temperature/top_p sent as params must reach generation"
+
+
+def test_mlflow_models_serve_answers_with_sampling_params(registered, tmp_path):
+    """`mlflow models serve` of the registered version (in this environment, which satisfies the logged
+    requirements as the previous test checks) answers /invocations, greedy and with temperature/top_p."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    cfg, res, _, uri = registered
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/lineage/{res['version']}",
+                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+                            env={**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"},
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "server not up:\n" + (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+
+        def ask(params=None):
+            body = {"inputs": [register.INPUT_EXAMPLE], **({"params": params} if params else {})}
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return json.loads(r.read())["predictions"]
+
+        greedy = ask()
+        assert len(greedy) == 1 and isinstance(greedy[0], str)
+        sampled = {ask({"do_sample": True, "temperature": 5.0, "top_p": 1.0})[0] for _ in range(4)}
+        assert len(sampled) > 1, "sampling params sent to the server must reach generation"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+        log.close()

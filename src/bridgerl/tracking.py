@@ -3,13 +3,14 @@
 No server is needed: unless `tracking.uri` or `$MLFLOW_TRACKING_URI` is set, runs go to a SQLite
 store `tracking.local_db` (default `mlruns.db`, git-ignored) resolved from the project root, not the
 working directory: `$DVC_ROOT` (DVC sets it to the real repository for `dvc exp run --temp/--queue`,
-which run in a throw-away copy), else the nearest directory above holding dvc.yaml or params.yaml. Each stage run is tagged with the git
-commit and the stage name and is nested under a parent run for the pipeline, found by the tag
-`bridgerl.pipeline_id`: `$BRIDGERL_PIPELINE_ID` when an orchestrator sets it (Kubeflow passes its
-run id), else a hash of the git commit and the resolved configuration (one `dvc repro`). The parent
-run carries the resolved configuration (params and `config.json`) and the hashes of the artifacts
-the stages wrote (bridgerl.lineage); the train run logs MLflow system metrics (CPU/GPU, memory)
-when `tracking.system_metrics` is on.
+which run in a throw-away copy), else the nearest directory above holding dvc.yaml or params.yaml.
+Each stage run is tagged with the git commit and the stage name and is nested under a parent run
+for the pipeline, found by the tag `bridgerl.pipeline_id`: `$BRIDGERL_PIPELINE_ID` when an
+orchestrator sets it (Kubeflow passes its run id), else a hash of the git commit and the resolved
+configuration (one `dvc repro`). The parent run carries the resolved configuration (params and
+`config.json` from the stage that created it, `config/<stage>.json` from each stage) and the hashes
+of the artifacts the stages wrote (bridgerl.lineage); the train run logs MLflow system metrics
+(CPU/GPU, memory) when `tracking.system_metrics` is on.
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ def _stage_run(cfg: Config, stage: str, run_id: str | None, log_params: bool) ->
             tags["kubeflow.run_id"] = kfp_run
         if os.environ.get("DVC_EXP_NAME"):  # `dvc exp run`
             tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+        client.log_dict(parent, cfg.model_dump(mode="json"), f"config/{stage}.json")
         ctx = mlflow.start_run(run_name=stage, tags=tags, log_system_metrics=system_metrics or None)
     else:
         ctx = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics or None)
