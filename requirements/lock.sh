@@ -23,7 +23,7 @@ freeze() {  # freeze VENV OUT: the venv's packages, minus the project itself and
 
 "$PY" -m venv "$work/dev"
 "$work/dev/bin/pip" install -q "torch==2.13.0"
-"$work/dev/bin/pip" install -q -e ".[dev]"
+"$work/dev/bin/pip" install -q -c requirements/pins.txt -e ".[dev]"   # pins.txt: versions shared with the images
 freeze "$work/dev" requirements/dev.lock
 
 "$PY" -m venv "$work/checkov"

@@ -47,6 +47,9 @@ class SourceSpec(_Section):
     path: str | None = None  # hub id (kind=hub) or file path (kind=local)
     split: str = "train"
     subset: str | None = None  # hub configuration name (e.g. gsm8k "main")
+    # kind=hub: the dataset repository's revision (a commit sha, or a tag/branch) to load; None loads
+    # whatever the hub serves today (a warning says so, and the data card records it as unpinned)
+    revision: str | None = None
     fields: FieldMap = Field(default_factory=FieldMap)
     data_source: str = "math"  # reward/verifier dispatch tag (see bridgerl.rewards)
     answer_regex: str | None = None  # optional: extract the answer from the answer field (gsm8k "####")
@@ -64,9 +67,9 @@ class SyntheticTask(_Section):
     n_train: int = Field(2000, gt=0)
     n_test: int = Field(200, gt=0)
     min_ops: int = Field(1, ge=1)
-    max_ops: int = Field(3, ge=1)
-    max_start: int = Field(20, ge=1)
-    max_operand: int = Field(9, ge=1)
+    max_ops: int = Field(2, ge=1)
+    max_start: int = Field(9, ge=1)
+    max_operand: int = Field(5, ge=1)
 
     @model_validator(mode="after")
     def _ops(self) -> "SyntheticTask":
@@ -117,7 +120,7 @@ class DemosConfig(_Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(4096, gt=0)  # generation budget per sample
     samples_per_problem: int = Field(1, ge=1)  # k: rejection sampling (the embedded teacher always makes 1)
-    max_problems: int | None = Field(None, gt=0)  # only the first N problems (of rl_train or the dataset)
+    max_problems: int | None = Field(64, gt=0)  # only the first N problems (of rl_train or the dataset)
     # filters
     select: Literal["shortest", "first"] = "shortest"  # which verified trace of a problem is kept
     max_tokens: int = Field(4096, gt=0)  # traces longer than this are dropped
@@ -151,17 +154,17 @@ class TinyModel(_Section):
     """The embedded default's tiny causal LM, built from a config and briefly pre-trained."""
 
     vocab_size: int = Field(384, ge=64)
-    hidden_size: int = Field(96, gt=0)
+    hidden_size: int = Field(128, gt=0)
     intermediate_size: int = Field(256, gt=0)
     num_layers: int = Field(2, gt=0)
     num_heads: int = Field(4, gt=0)
     max_position: int = Field(256, gt=0)
-    pretrain_steps: int = Field(300, ge=0)
+    pretrain_steps: int = Field(1200, ge=0)
     pretrain_batch: int = Field(32, gt=0)
     pretrain_lr: float = Field(3e-3, gt=0.0)
-    pretrain_examples: int = Field(4000, gt=0)
+    pretrain_examples: int = Field(6000, gt=0)
     reasoning_fraction: float = Field(0.05, ge=0.0, le=1.0)  # share of pre-training problems showing the steps
-    one_step_fraction: float = Field(0.6, ge=0.0, le=1.0)  # share of pre-training problems with one operation
+    one_step_fraction: float = Field(0.3, ge=0.0, le=1.0)  # share of pre-training problems with one operation
     arithmetic_fraction: float = Field(0.3, ge=0.0, lt=1.0)  # share of bare equation chains ("3 + 4 = 7.")
     worked_fraction: float = Field(0.3, ge=0.0, lt=1.0)  # share of worked examples without the instruction
 
@@ -182,7 +185,9 @@ class ModelConfig(_Section):
     base: str = "embedded"  # "embedded", a hub id, or a local model directory
     revision: str | None = None
     tiny: TinyModel = Field(default_factory=TinyModel)
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    # auto: init-model keeps the checkpoint's dtype (transformers' dtype="auto"); training and evaluation
+    # compute in bf16 on GPU, fp32 on CPU
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     out_dir: str = "models/base"
 
 
@@ -272,7 +277,7 @@ class TrainConfig(_Section):
     cold_start_sft_steps: int = Field(30, ge=0)
     sft_max_tokens: int = Field(512, gt=0)
     eval_every: int = Field(10, ge=0)  # held-out accuracy during training (0: off)
-    eval_items: int = Field(64, ge=1)
+    eval_items: int = Field(100, ge=1)
     save_every: int = Field(10, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
@@ -302,7 +307,9 @@ class EvalConfig(_Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     sampling_temperature: float = Field(0.6, gt=0.0)  # for benchmarks with k > 1 (avg@k needs sampling)
     sampling_top_p: float = Field(0.95, gt=0.0, le=1.0)
-    prompt_template: str = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+    # the tiny model's form (the instruction first, as in its worked examples); presets set the usual
+    # "{problem}\n<instruction>" form
+    prompt_template: str = "Please reason step by step, and put your final answer within \\boxed{{}}.\n{problem}"
     use_chat_template: bool = True  # through the tokenizer's chat template when it has one
     verify_timeout_s: float = Field(5.0, gt=0.0)  # per-item budget of math-verify (guarded worker process)
     vllm_gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
@@ -356,6 +363,9 @@ class RegistryConfig(_Section):
     margin: float = Field(0.0, ge=0.0)  # a version must beat the champion's metric by at least this (and strictly)
     min_metric: float | None = None  # never promote below this value (the first champion included)
     auto_promote: bool = False  # the register stage also runs the promotion gate on the new version
+    # whether `bridgerl register` registers: auto = yes, except inside `dvc exp run` ($DVC_EXP_NAME set),
+    # where experiments are compared with `dvc exp show` and the registry is left alone; true / false = always / never
+    register: Literal["auto"] | bool = "auto"
     max_retries: int = Field(4, ge=0)  # retries of each call to a tracking server that is down or slow
     backoff_s: float = Field(1.0, ge=0.0)  # delay before the first retry; doubles at each retry
     timeout_s: int = Field(60, ge=1)  # per HTTP request to the tracking server
@@ -366,8 +376,11 @@ class RegistryConfig(_Section):
 class TrackingConfig(_Section):
     experiment: str = "bridgerl"
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else a local SQLite store
-    local_db: str = "mlruns.db"
+    local_db: str = "mlruns.db"  # relative: from the project root ($DVC_ROOT, or where params.yaml/dvc.yaml are)
     enabled: bool = True
+    system_metrics: bool = True  # CPU/GPU utilisation and memory of the train run (MLflow system metrics; psutil,
+    # GPUs through nvidia-ml-py when installed)
+    system_metrics_interval_s: float = Field(10.0, gt=0.0)
 
 
 class Config(_Section):
@@ -488,9 +501,48 @@ def resolve_preset(name: str) -> Path:
     raise ConfigError(f"preset = {name!r}: no such preset (known: {', '.join(known)})")
 
 
+def _get(d: Any, path: list[str]) -> Any:
+    for part in path:
+        if not isinstance(d, dict) or part not in d:
+            return _MISSING
+        d = d[part]
+    return d
+
+
+_MISSING = object()
+
+
+def user_written(params: dict) -> list[list[str]]:
+    """The keys of a params file that the user set: leaves whose value differs from the default.
+
+    params.yaml states every default (tests keep the shipped file equal to the schema defaults), so
+    a leaf equal to its default says nothing and a preset may replace it; a leaf with any other
+    value (edited by hand, by `dvc exp run -S`, in the Kubeflow UI's params text) is the user's.
+    Values are compared after validation (`1e-6` and `0.000001` are the same number).
+    """
+    defaults = Config().model_dump(mode="json")
+    try:
+        validated: dict = Config.model_validate({k: v for k, v in params.items() if k != "preset"}).model_dump(mode="json")
+    except ValidationError:
+        validated = {}  # e.g. a file that is only valid with its preset: compare the raw values
+    out = []
+    for key in flatten({k: v for k, v in params.items() if k != "preset"}):
+        path = key.split(".")
+        value = _get(validated, path)
+        if value is _MISSING:
+            value = _get(params, path)
+        if value != _get(defaults, path):
+            out.append(path)
+    return out
+
+
 def load_config(params: str | Path | None = "params.yaml", overrides: list[str] | tuple[str, ...] = (),
                 preset: str | None = None) -> Config:
-    """params.yaml (if it exists) ← preset (`preset:` key or argument) ← `-S` overrides → Config."""
+    """defaults < preset < what params.yaml sets differently from the defaults < `-S` overrides → Config.
+
+    The preset comes from the `preset:` key of params.yaml, the `preset` argument or a `-S preset=`
+    override (the last one given wins). See `user_written` for which keys of params.yaml count as set.
+    """
     raw: dict = {}
     origin = "defaults"
     if params is not None:
@@ -506,7 +558,10 @@ def load_config(params: str | Path | None = "params.yaml", overrides: list[str] 
             preset = value
     preset = preset or raw.get("preset")
     if preset:
-        raw = deep_merge(raw, read_yaml(resolve_preset(str(preset))))
+        merged = deep_merge(raw, read_yaml(resolve_preset(str(preset))))
+        for path in user_written(raw):  # what the user wrote wins over the preset
+            apply_override(merged, path, copy.deepcopy(_get(raw, path)))
+        raw = merged
         raw["preset"] = str(preset)
     for path, value in parsed:
         apply_override(raw, path, value)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from pathlib import Path
 
 from bridgerl.config import FieldMap, SourceSpec
 from bridgerl.io import DataError, read_jsonl
+
+log = logging.getLogger(__name__)
 
 # name → spec. Hub ids and columns as published; `local` copies with fields id/problem/answer work too.
 KNOWN: dict[str, SourceSpec] = {
@@ -80,12 +83,24 @@ def _rows_local(path: Path) -> list[dict]:
 def _rows_hub(spec: SourceSpec) -> list[dict]:
     from datasets import load_dataset
 
+    if not spec.revision:
+        log.warning("source %r: hub dataset %s is not pinned (no `revision`): a change on the hub changes the "
+                    "data without DVC noticing; set revision to a commit sha", spec.name, spec.path)
     try:
-        ds = load_dataset(spec.path, spec.subset, split=spec.split)
+        ds = load_dataset(spec.path, spec.subset, split=spec.split, revision=spec.revision)
     except Exception as e:  # offline, unknown id, …
         raise DataError(f"source {spec.name!r}: could not load hub dataset {spec.path!r} "
-                        f"(subset={spec.subset}, split={spec.split}): {e}") from e
+                        f"(subset={spec.subset}, split={spec.split}, revision={spec.revision}): {e}") from e
     return list(ds)
+
+
+def provenance(spec: SourceSpec, rows: list[dict]) -> dict:
+    """What the data card records of a loaded source: where from, which revision, a hash of the rows."""
+    blob = json.dumps([[r["id"], r["problem"], r["answer"]] for r in rows], ensure_ascii=False).encode()
+    out = {"kind": spec.kind, "path": spec.path, "n": len(rows), "rows_sha256": hashlib.sha256(blob).hexdigest()}
+    if spec.kind == "hub":
+        out.update(subset=spec.subset, split=spec.split, revision=spec.revision, pinned=bool(spec.revision))
+    return out
 
 
 def load_rows(spec: SourceSpec, where: str = "") -> list[dict]:
