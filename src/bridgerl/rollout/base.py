@@ -47,7 +47,7 @@ class RolloutEngine(ABC):
     def close(self) -> None:
         """Release the engine's processes and memory (idempotent)."""
 
-    def __enter__(self) -> "RolloutEngine":
+    def __enter__(self) -> RolloutEngine:
         return self
 
     def __exit__(self, *exc) -> None:

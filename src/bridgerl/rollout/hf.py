@@ -28,7 +28,7 @@ class HFEngine(RolloutEngine):
 
     @classmethod
     def from_dir(cls, model_dir: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                 **kwargs) -> "HFEngine":
+                 **kwargs) -> HFEngine:
         from bridgerl.model.loading import load_model, load_tokenizer
 
         tok = load_tokenizer(model_dir)

@@ -117,7 +117,8 @@ class VLLMEngine(RolloutEngine):
             raise ValueError(f"seeds: {len(seeds)} given for {len(prompt_ids)} prompts (one per prompt)")
         greedy = temperature <= 0
         common = dict(temperature=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p, top_k=0,
-                      max_tokens=max_new_tokens, stop_token_ids=self.stop_ids, ignore_eos=ignore_eos,
+                      max_tokens=max_new_tokens, ignore_eos=ignore_eos,
+                      stop_token_ids=[] if ignore_eos else self.stop_ids,  # ignore_eos spares stop_token_ids
                       logprobs=0, skip_special_tokens=False, detokenize=False)
         if greedy:  # vLLM takes n=1 only for greedy decoding: the group is n identical requests
             inputs = [{"prompt_token_ids": list(p)} for p in prompt_ids for _ in range(n)]
