@@ -232,3 +232,15 @@ def test_vllm_fixed_length_outputs(engine, setup):
     groups = engine.generate(setup["prompts"][:2], 2, 1.0, 1.0, 12, seeds=[1, 2], ignore_eos=True)
     assert all(len(r.token_ids) == 12 and r.finish_reason == "length" for g in groups for r in g)
 
+
+
+def test_vllm_seeded_groups_do_not_depend_on_the_batch(engine, setup):
+    """A rollout batch larger than one scheduler step (64 prompts × 5): every group is sampled from its own
+    seed, so the same prompt with the same seed gives the same group wherever it sits in the batch."""
+    prompts = setup["prompts"] * 8
+    seeds = list(range(8)) * 8
+    groups = engine.generate(prompts, 5, 1.0, 1.0, 8, seeds=seeds)
+    assert [len(g) for g in groups] == [5] * len(prompts)
+    ids = _ids(groups)
+    assert all(ids[i] == ids[i % 8] for i in range(len(ids)))
+    assert len({tuple(map(tuple, g)) for g in ids}) > 1

