@@ -255,6 +255,18 @@ class DistributedConfig(_Section):
         return self
 
 
+class RolloutConfig(_Section):
+    """How rollouts are generated (bridgerl.rollout, docs/rollout.md); not yet read by the trainer."""
+
+    backend: Literal["auto", "hf", "vllm"] = "auto"  # auto: vllm when the package is importable, else hf
+    gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)  # vllm on GPU: its share, next to training
+    tensor_parallel_size: int = Field(1, ge=1)  # vllm on GPU
+    sleep: bool = True  # vllm on GPU: free its memory between rollout batches (when the installed vllm can)
+    kv_cache_gb: float | None = Field(None, gt=0.0)  # vllm KV cache size; None: 1 GiB on CPU, on GPU what
+    #                                                  gpu_memory_utilization leaves
+    max_model_len: int | None = Field(None, gt=0)  # vllm: longest prompt + response; None: the model's own limit
+
+
 class TrainConfig(_Section):
     method: Method = "bridge"
     steps: int = Field(60, ge=1)  # iterations (RL steps for cold_start; SFT steps for sft)
@@ -281,6 +293,7 @@ class TrainConfig(_Section):
     save_every: int = Field(10, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     out_dir: str = "models/trained"
     checkpoint_dir: str = "checkpoints/train"
     metrics_file: str = "metrics/train.json"
