@@ -114,7 +114,7 @@ def score_predictions(cfg: Config, predictions_file: str, benchmark: str, data: 
     if merge and metrics_file.exists():
         old = read_json(metrics_file)
         results = {**old.get("benchmarks", {}), benchmark: metrics}
-    summary = _summary(results, model=None, backend="predictions", config_digest=cfg.digest())
+    summary = _summary(results, model=None, backend="predictions", config_digest=cfg.digest(), model_sha256=None)
     out.mkdir(parents=True, exist_ok=True)
     out_file = out / f"{benchmark}.jsonl"
     write_jsonl(out_file, items)
