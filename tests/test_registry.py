@@ -380,3 +380,26 @@ def test_racing_registrations_leave_challenger_on_one_complete_version(in_projec
     assert {float(vs[r["version"]].tags["metric.avg_accuracy"]) for r in results.values()} == {0.55, 0.65}
     assert len({mv.run_id for mv in vs.values()}) == 2, "both registrations logged into one run"
     assert aliases(server, name)["challenger"] in registered
+
+
+def test_readme_serving_snippet_works_as_written(in_project):
+    """The README's serving snippet, run as written from a project whose default local store holds a
+    champion: it answers, and leaves no stray `mlflow.db` (MLflow 3's own default store)."""
+    import re
+    import subprocess
+
+    snippet = re.search(r"```python\n(import mlflow\n.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    name = re.search(r"models:/([\w-]+)@champion", snippet).group(1)
+    cfg = make_cfg(in_project, "tracking.enabled=true", f"registry.model_name={name}", "registry.auto_promote=true")
+    path = Path(cfg.eval.metrics_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"benchmarks": {"synthetic": {"accuracy": 0.5}}, "avg_accuracy": 0.5,
+                                "model_sha256": register.model_digest(in_project / "models" / "base")}))
+    assert register.run(cfg, model_dir=str(in_project / "models" / "base"))["promotion"]["promoted"]
+    assert Path(cfg.tracking.local_db) == in_project / "mlruns.db"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    p = subprocess.run([sys.executable, "-c", snippet], cwd=in_project, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip().startswith("[") and len(p.stdout.strip()) > 2, p.stdout
+    assert not (in_project / "mlflow.db").exists()
