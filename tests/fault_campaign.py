@@ -120,8 +120,6 @@ def digest(path: Path, rel: str) -> str | None:
         if rel in VOLATILE:
             obj = json.loads(data)
             data = json.dumps({k: v for k, v in obj.items() if k not in VOLATILE[rel]}, sort_keys=True).encode()
-        if p.suffix == ".json" and p.parent.name == "trained" and p.name == "bridgerl_train.json":
-            pass
         h.update(str(p.relative_to(path) if path.is_dir() else p.name).encode() + b"\0" + data)
     return h.hexdigest()
 
@@ -169,7 +167,7 @@ def campaign(trials: int, seed: int, root: Path) -> dict:
             reference[rel] = digest(ref / rel, rel)
     failures: list[str] = []
     kills = {s: trials // len(STAGES) + (1 if i < trials % len(STAGES) else 0) for i, s in enumerate(STAGES)}
-    done = 0
+    done, log = 0, []
     for stage in STAGES:
         for k in range(kills[stage]):
             delay = rng.uniform(0.0, durations[stage])
@@ -179,6 +177,7 @@ def campaign(trials: int, seed: int, root: Path) -> dict:
             os.kill(pid, signal.SIGKILL)
             rc = wait(pid)
             done += 1
+            log.append([stage, round(delay, 2), rc])
             where = f"trial {done}: {stage} killed after {delay:.2f}s (rc {rc})"
             for rel in OUTPUTS[stage]:
                 got = digest(work / rel, rel)
@@ -203,7 +202,8 @@ def campaign(trials: int, seed: int, root: Path) -> dict:
         failures.append(f"registry: expected one complete version with alias challenger, got {reg}")
     if journal_records(work) != journal_records(ref):
         failures.append("demos journal: the killed project's journal differs from the uninterrupted one's")
-    return {"trials": done, "failures": len(failures), "details": failures, "seed": seed,
+    return {"trials": done, "interrupted": sum(rc == -signal.SIGKILL for *_, rc in log), "failures": len(failures),
+            "details": failures, "seed": seed, "kills": log,
             "kills_per_stage": kills, "reference_s": {s: round(d, 2) for s, d in durations.items()}}
 
 

@@ -18,5 +18,5 @@ def test_sigkill_campaign_loses_nothing(tmp_path):
                         "--keep", str(tmp_path / "campaign")], capture_output=True, text=True, timeout=900,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     result = json.loads(p.stdout.strip().splitlines()[-1])
-    assert result["trials"] == 20
+    assert result["trials"] == 20 and result["interrupted"] >= 15, result["kills"]  # (a kill may come after the end)
     assert result["failures"] == 0 and p.returncode == 0, "\n".join(result["details"])

@@ -221,11 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     _exit_on_sigterm(args.command)
-    from bridgerl import parent_watch
+    from bridgerl import parent_watch, quiet
 
+    quiet.install()
     if args.command != "config":
         parent_watch.install(args.command)
-    from bridgerl import locks, registry
+    from bridgerl import locks, registry, tracking
     from bridgerl.config import ConfigError, check_paths, load_config
     from bridgerl.io import DataError
 
@@ -236,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         _check_args(args, cfg)
         if args.command in TRACKED:
             registry.ensure_reachable(cfg)
+            tracking.init_local_store(cfg)
         with locks.hold(_outputs(args, cfg), args.command):
             if args.command == "train":  # --nproc / a Kubeflow pod: re-run this command under torchrun
                 from bridgerl.train import distributed
