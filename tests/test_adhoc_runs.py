@@ -42,7 +42,7 @@ def test_smoke_train_and_its_resume_use_a_run_directory(project):
 
 
 def test_compare_writes_a_new_run_directory_not_the_committed_report(project):
-    p = run_cli("compare", "--methods", "sft", "--seeds", "0", *_args(project), cwd=project)
+    p = run_cli("compare", "--methods", "sft", "--seeds", "0", *_args(project, "train.eval_every=1"), cwd=project)
     m = re.fullmatch(r"report: (runs/compare-[\d-]+)/report.md\n", p.stdout)
     assert m, p.stdout
     assert (project / m.group(1) / "report.md").is_file() and (project / m.group(1) / "results.json").is_file()
