@@ -139,11 +139,17 @@ def test_readme_recovery_recipe_after_dvc_is_killed_during_training(repo):
     train_pid = int(lock.read_text().split()[1])
     os.kill(dvc.pid, signal.SIGKILL)  # the dvc process only, as a closed terminal or an OOM kill would
     dvc.wait()
+    def running(pid: int) -> bool:  # (an exited child of the killed dvc may stay a zombie: not running)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except OSError:
+            return False
+
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and os.path.exists(f"/proc/{train_pid}") and \
-            open(f"/proc/{train_pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+    while time.monotonic() < deadline and running(train_pid):
         time.sleep(0.2)
-    stopped = not os.path.exists(f"/proc/{train_pid}")
+    stopped = not running(train_pid)
     if not stopped:
         os.killpg(dvc.pid, signal.SIGKILL)
     assert stopped, "bridgerl train kept running after dvc was killed"
