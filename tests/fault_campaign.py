@@ -42,7 +42,7 @@ os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", MLFLOW_DISABLE_TE
                   TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", BRIDGERL_GIT_COMMIT="campaign")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
-from conftest import FAST  # noqa: E402
+from conftest import FAST  # noqa: E402 (after the environment above)
 
 STAGES = ["prepare", "init-model", "build-demos", "train", "evaluate", "register"]
 OUTPUTS = {  # relative to the project (params.yaml's own paths)
@@ -135,7 +135,7 @@ def registry_state(project: Path) -> dict:
     con = sqlite3.connect(db)
     try:
         rows = con.execute("select version from model_versions where current_stage != 'Deleted_Internal'").fetchall()
-        tags = dict(((v, k), val) for v, k, val in con.execute("select version, key, value from model_version_tags"))
+        tags = {(v, k): val for v, k, val in con.execute("select version, key, value from model_version_tags")}
         alias = dict(con.execute("select alias, version from registered_model_aliases").fetchall())
     finally:
         con.close()

@@ -3,7 +3,6 @@ traceback, and the command writes nothing (issue 15)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -47,8 +46,8 @@ CASES = {
     "prompt_batch larger than the data": (["train"], ["train.prompt_batch=1000"],
                                           "train.prompt_batch = 1000 is larger than the RL training set"),
     "changed config on --resume": (["train", "--resume"], ["train.lr_theta=0.5"],
-                                   "train --resume: {root}/checkpoints/train/step-000001/state.pt was written by a "
-                                   "different configuration"),
+                                   ("train --resume: {root}/checkpoints/train/step-000001/state.pt was written by a "
+                                    "different configuration")),
 }
 
 
@@ -58,7 +57,7 @@ def test_bad_input_is_one_clear_line(project, case):
 
     args, extra, expected = CASES[case]
     files = {k: str(v) for k, v in _bad_files(project).items()} | {"root": str(project)}
-    fill = lambda s: s.format(**files)  # noqa: E731
+    fill = lambda s: s.format(**files)
     checkpoint.save(project / "checkpoints" / "train", 1, {"step": 1}, "an-older-configuration", 1)
     before = _files(project)
     overrides = FAST + path_overrides(project) + [fill(x) for x in extra]

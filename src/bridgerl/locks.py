@@ -13,8 +13,8 @@ import contextlib
 import fcntl
 import os
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from bridgerl.io import DataError
 
