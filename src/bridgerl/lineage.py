@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 
 from bridgerl.config import Config
+from bridgerl.io import tree_digest
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +27,15 @@ PARENT_TAG = "data."
 
 
 def digest(path: str | Path) -> str:
-    """sha256 of a file, or over the relative paths and contents of every file of a directory."""
+    """sha256 of a file, or of a directory's relative paths and contents (`io.tree_digest`, the model hash
+    `evaluate` records and `register` checks)."""
     path = Path(path)
+    if path.is_dir():
+        return tree_digest(path)
     h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(x for x in path.rglob("*") if x.is_file())
-    for p in files:
-        if p is not path:
-            h.update(str(p.relative_to(path)).encode() + b"\0")
-        with open(p, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
     return h.hexdigest()
 
 

@@ -154,3 +154,33 @@ def _stage_run(cfg: Config, stage: str, run_id: str | None, log_params: bool) ->
         yield mlflow
         lineage.log_outputs(mlflow, client, cfg, stage,
                             parent or active.data.tags.get("mlflow.parentRunId"))
+
+
+def init_local_store(cfg: Config) -> None:
+    """Create the local SQLite store (when it is the one in use and does not exist yet) atomically.
+
+    MLflow builds its tables through a series of schema migrations; a process killed between two leaves
+    a database that no later run can open (`table _alembic_tmp_... already exists`). So the store is
+    built under a temporary name and linked into place only when complete (a link, not a rename: a
+    concurrent first run that got there first keeps its database).
+    """
+    uri = tracking_uri(cfg)
+    if not cfg.tracking.enabled or not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):])
+    if path.exists():
+        return
+    from mlflow.tracking._tracking_service.utils import _get_store
+
+    from bridgerl.io import _tmp_sibling
+
+    tmp = _tmp_sibling(path, is_dir=False)
+    try:
+        store = _get_store(store_uri=f"sqlite:///{tmp}")
+        store.engine.dispose()
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)

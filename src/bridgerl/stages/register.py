@@ -1,6 +1,7 @@
 """`bridgerl register`: log the trained model to MLflow, register it, point alias `challenger` at it.
 
-Inputs: train.out_dir (or --model), eval.metrics_file, dvc.lock in the working directory (provenance,
+Inputs: train.out_dir (or --model), eval.metrics_file (it must record this model's sha256: metrics of
+another model or of scored predictions are refused), dvc.lock in the working directory (provenance,
 when present). Output: registry.out_file {name, version, run_id, model_uri, key, aliases, metric, ...}.
 
 The model is logged with the MLflow transformers flavor (text-generation; signature with the
@@ -33,7 +34,7 @@ from typing import Callable
 
 from bridgerl import lineage, registry
 from bridgerl.config import Config, ConfigError
-from bridgerl.io import DataError, read_json, write_json
+from bridgerl.io import DataError, read_json, tree_digest, write_json
 from bridgerl.tracking import git_commit, stage_run, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ def dvc_hashes(lock: Path = Path("dvc.lock")) -> dict[str, str]:
         raise DataError(f"{lock}: not valid YAML: {e}") from None
     out = {}
     for stage, spec in (data.get("stages") or {}).items():
+        if stage == "register":  # our own previous output: not provenance of the model
+            continue
         for o in (spec or {}).get("outs", []) or []:
             if isinstance(o, dict) and "md5" in o:
                 out[f"dvc.{stage}.{o['path']}"] = str(o["md5"])
@@ -85,9 +88,20 @@ def provenance(cfg: Config, metrics: dict[str, float]) -> dict[str, str]:
     return {k: str(v) for k, v in tags.items()}
 
 
-def model_digest(model_dir: Path) -> str:
-    """sha256 over the relative paths and contents of every file of the model directory."""
-    return lineage.digest(model_dir)
+model_digest = tree_digest  # the model's content hash, also recorded by `bridgerl evaluate`
+
+
+def check_evaluated(cfg: Config, model_dir: Path, digest: str) -> None:
+    """Refuse metrics that were not produced from this model (another model, or scored predictions)."""
+    path = cfg.eval.metrics_file
+    m = read_json(path)
+    got = m.get("model_sha256") if isinstance(m, dict) else None
+    if got != digest:
+        what = (f"they were scored from predictions ({m.get('backend')})" if isinstance(m, dict) and m.get("backend") ==
+                "predictions" else f"they were produced from model {m.get('model')!r} with sha256 {got}" if got
+                else "they record no model hash")
+        raise DataError(f"{path}: these metrics are not an evaluation of {model_dir} (sha256 {digest[:12]}): {what}; "
+                        f"run `bridgerl evaluate --model {model_dir}` first")
 
 
 def model_card(cfg: Config, metrics: dict[str, float], tags: dict[str, str]) -> str:
@@ -216,15 +230,16 @@ def run(cfg: Config, model_dir: str | None = None, on_registered: Callable | Non
     model_dir = Path(model_dir or cfg.train.out_dir)
     if not (model_dir / "config.json").exists():
         raise DataError(f"{model_dir}: not a model directory (no config.json; did `bridgerl train` run?)")
-    metrics = eval_metrics(cfg)
-    tags = provenance(cfg, metrics)
     digest = model_digest(model_dir)
+    check_evaluated(cfg, model_dir, digest)
+    metrics = eval_metrics(cfg)
+    tags = {**provenance(cfg, metrics), "model_sha256": digest}
     with registry.http_settings(cfg):
         train_run = registry.call(cfg, "find the train run of this model", _train_run, cfg, registry.client(cfg),
                                   model_dir, digest)
     tags.update(lineage_tags(train_run))
-    key = hashlib.sha256(json.dumps({"model": digest, "tags": tags}, sort_keys=True).encode()
-                         ).hexdigest()[:32]
+    # same model + same evaluation = same registration (a rerun finds its version, whatever else changed)
+    key = hashlib.sha256(json.dumps({"model": digest, "metrics": metrics}, sort_keys=True).encode()).hexdigest()[:32]
     name = cfg.registry.model_name
     with registry.http_settings(cfg):
         mlc = registry.client(cfg)
@@ -243,15 +258,16 @@ def run(cfg: Config, model_dir: str | None = None, on_registered: Callable | Non
         mv = registry.complete_version(cfg, mlc, mv, tags)
         deleted = registry.clean_stale(cfg, mlc, mv.version)
         rm = registry.call(cfg, f"read registered model {name}", mlc.get_registered_model, name)
-    result = {"name": name, "registered": True, "version": mv.version, "run_id": mv.run_id,
-              "model_uri": f"models:/{name}/{mv.version}",
+    version = str(mv.version)
+    result = {"name": name, "registered": True, "version": version, "run_id": mv.run_id,
+              "model_uri": f"models:/{name}/{version}",
               "tracking_uri": tracking_uri(cfg), "key": key, "resumed": resumed, "deleted_stale": deleted,
-              "aliases": sorted(a for a, v in rm.aliases.items() if v == mv.version),
-              "challenger": rm.aliases.get(registry.CHALLENGER),
+              "aliases": sorted(a for a, v in registry.aliases(rm).items() if v == version),
+              "challenger": registry.aliases(rm).get(registry.CHALLENGER),
               "metric": {cfg.registry.metric: metrics[cfg.registry.metric]}}
     if cfg.registry.auto_promote:
         try:
-            result["promotion"] = registry.promote(cfg, version=mv.version, mlc=mlc)
+            result["promotion"] = registry.promote(cfg, version=version, mlc=mlc)
         except registry.PromotionRefused as e:
             log.warning("auto-promotion refused: %s", e)
             result["promotion"] = e.details
