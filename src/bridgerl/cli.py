@@ -236,8 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg, argv = _place_outputs(args, argv, cfg)
         _check_args(args, cfg)
         if args.command in TRACKED:
-            registry.ensure_reachable(cfg)
-            tracking.init_local_store(cfg)
+            registry.ensure_reachable(cfg)  # (a local store is created when first used: tracking.init_local_store)
         with locks.hold(_outputs(args, cfg), args.command):
             if args.command == "train":  # --nproc / a Kubeflow pod: re-run this command under torchrun
                 from bridgerl.train import distributed

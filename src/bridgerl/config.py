@@ -8,6 +8,7 @@ the command before any work starts, with an error naming the key and the value.
 from __future__ import annotations
 
 import copy
+import warnings
 import hashlib
 import json
 from pathlib import Path
@@ -368,6 +369,10 @@ class EvalConfig(_Section):
 # --------------------------------------------------------------------------------------------
 # registry / tracking
 # --------------------------------------------------------------------------------------------
+# the field `registry.register` shadows ABCMeta.register on the class, never on instances: harmless
+warnings.filterwarnings("ignore", message='Field name "register" in "RegistryConfig"', category=UserWarning)
+
+
 class RegistryConfig(_Section):
     """`bridgerl register/promote/rollback`: the registered model, the promotion gate, retries."""
 

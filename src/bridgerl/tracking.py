@@ -105,6 +105,7 @@ def stage_run(cfg: Config, stage: str, run_id: str | None = None, log_params: bo
         return
     import mlflow
 
+    init_local_store(cfg)
     env_before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri(cfg))  # (also exports MLFLOW_TRACKING_URI: restored below)
     try:
