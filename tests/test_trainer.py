@@ -19,8 +19,11 @@ from conftest import REPO, make_cfg, path_overrides, FAST
 from bridgerl import rewards
 from bridgerl.train.batches import collate
 from bridgerl.train.losses import grpo_loss, group_advantages, sft_objective, token_logprobs
+from bridgerl.train.engines import TorchEngine
 from bridgerl.train.models import build_models
-from bridgerl.train.trainer import Trainer
+from bridgerl.train.parallel import ProcEnv
+from bridgerl.train.trainer import Trainer, make_trainer
+from bridgerl.train.updates import Ctx, bridge_update
 
 
 def _even_length(output: str, answer: str, timeout_s: float = 5.0) -> bool:
@@ -85,15 +88,17 @@ def _random_batches(tok_vocab: int, gen: torch.Generator):
     return rl, sft
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_bridge_update_equals_formulas(tiny_project, seed):
+@pytest.mark.parametrize("seed,temperature", [(0, 1.0), (1, 0.7), (2, 1.3)])
+def test_bridge_update_equals_formulas(tiny_project, seed, temperature):
+    """float64: θ, θ̂ and w after one BRIDGE update equal the spec's three formulas, with the RL terms
+    of softmax(logits / T) at the sampling temperature T."""
     from bridgerl.model.loading import load_model
 
     rng = random.Random(seed)
     lam, alpha, beta = rng.uniform(0.05, 0.95), rng.uniform(1e-3, 1e-1), rng.uniform(1e-3, 1e-1)
     cfg = make_cfg(tiny_project, "train.method=bridge", "train.optimizer=sgd", "train.max_grad_norm=null",
                    f"train.lr_theta={alpha}", f"train.lr_w={beta}", "train.grpo.kl_coef=0.05",
-                   "train.lora.dropout=0.0")
+                   "train.lora.dropout=0.0", f"train.grpo.temperature={temperature}")
     torch.manual_seed(seed)
     base = load_model(str(tiny_project / "models" / "base"), dtype=torch.float64)
     m = build_models(cfg, base)
@@ -104,15 +109,17 @@ def test_bridge_update_equals_formulas(tiny_project, seed):
         for p in m.lora:
             p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
     rl, sft = _random_batches(base.config.vocab_size, gen)
+    T = temperature
     with torch.no_grad():
-        pol_logp = token_logprobs(m.policy, rl.input_ids, rl.attention_mask)[0]
+        pol_logp = token_logprobs(m.policy, rl.input_ids, rl.attention_mask, temperature=T)[0]
         rl.extras["old_logp"] = pol_logp + 0.3 * torch.randn(pol_logp.shape, generator=gen, dtype=pol_logp.dtype)
-        rl.extras["ref_logp"] = token_logprobs(m.ref, rl.input_ids, rl.attention_mask)[0]
+        rl.extras["ref_logp"] = token_logprobs(m.ref, rl.input_ids, rl.attention_mask, temperature=T)[0]
     rl.extras["advantages"] = torch.randn(len(rl), generator=gen, dtype=torch.float64)
     g = cfg.train.grpo
 
-    def j_rl(model):
-        logp = token_logprobs(model, rl.input_ids, rl.attention_mask)[0]
+    def j_rl(model):  # log softmax(logits / T), written out
+        logits = model(input_ids=rl.input_ids, attention_mask=rl.attention_mask).logits[:, :-1] / T
+        logp = torch.log_softmax(logits, -1).gather(-1, rl.input_ids[:, 1:, None]).squeeze(-1)
         return -grpo_loss(logp, rl.extras["old_logp"], rl.extras["advantages"], rl.mask, g.clip_eps,
                           g.clip_eps_high, rl.extras["ref_logp"], g.kl_coef, g.loss_agg).loss
 
@@ -130,8 +137,8 @@ def test_bridge_update_equals_formulas(tiny_project, seed):
     expect_shadow = [p.detach() + alpha * gr for p, gr in zip(m.shadow_theta, g_shadow)]
     expect_w = [p.detach() + beta * (a - lam * b) for p, a, b in zip(m.lora, g_w_lower, g_w_shadow)]
 
-    tr = Trainer(cfg, m, None, [], [], [])  # batches are given directly, no tokenizer needed
-    tr._bridge_update(rl, sft, lam)
+    opt = torch.optim.SGD([g for g in m.param_groups(cfg) if g["params"]], lr=alpha)
+    bridge_update(Ctx(m, TorchEngine(cfg, m, opt, ProcEnv()), cfg), rl, sft, lam)
     for got, exp in ((m.theta, expect_theta), (m.shadow_theta, expect_shadow), (m.lora, expect_w)):
         for p, e in zip(got, exp):
             torch.testing.assert_close(p.detach(), e, rtol=1e-10, atol=1e-12)
@@ -161,8 +168,6 @@ METHOD_STEPS = {"sft": 3, "rl_zero": 3, "cold_start": 2, "alternating": 2, "mixe
 
 @pytest.mark.parametrize("method", list(METHOD_STEPS))
 def test_method_moves_the_right_parameters(tiny_project, method):
-    from bridgerl.stages.train import make_trainer
-
     cfg = make_cfg(tiny_project, f"train.method={method}", f"train.steps={METHOD_STEPS[method]}",
                    "train.cold_start_sft_steps=1", "train.lr_theta=0.01", "train.lr_w=0.01",
                    "train.grpo.kl_coef=0.0" if method == "rl_zero" else "train.grpo.kl_coef=0.01")
@@ -191,7 +196,6 @@ def test_method_moves_the_right_parameters(tiny_project, method):
 
 
 def test_bridge_shadow_steps_and_lambda_schedule(tiny_project):
-    from bridgerl.stages.train import make_trainer
     from bridgerl.train.trainer import lam_at
 
     cfg = make_cfg(tiny_project, "train.bridge.shadow_steps=3", "train.bridge.lam_schedule=linear",
