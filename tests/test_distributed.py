@@ -5,6 +5,7 @@ checkpoint resume, and the export."""
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
 
@@ -114,8 +115,9 @@ def test_cli_nproc_needs_a_zero_strategy(tiny_project):
 # --------------------------------------------------------------------------------------------
 # same global batch and seed everywhere; rollouts seeded per (step, prompt, sample) so that they do not
 # depend on the number of processes; kl_coef large so that the shadow and w's shadow term get gradients
-# even when no rollout is rewarded; clipping off (DeepSpeed clips the global norm, one process per group)
-COMMON = ["train.distributed.seeded_rollouts=true", "train.max_grad_norm=null", "train.demo_batch=4",
+# even when no rollout is rewarded; gradient clipping active (the global norm on both engines)
+MAX_GRAD_NORM = 0.1
+COMMON = ["train.distributed.seeded_rollouts=true", f"train.max_grad_norm={MAX_GRAD_NORM}", "train.demo_batch=4",
           "train.prompt_batch=2", "train.steps=3", "train.grpo.kl_coef=0.5", "train.save_every=1",
           "train.keep_checkpoints=2"]
 
@@ -188,6 +190,11 @@ def test_bridge_under_zero_matches_single_process(runs, strategy):
     got = _zero_state(runs[strategy])
     assert _moved(runs["single"], ref) > 1e-4
     _assert_same(ref, got)
+    # clipping was active at every step, and both engines measured the same global norm before clipping
+    norms = {k: [float(r["grad_norm"]) for r in csv.DictReader(open(runs[k] / "plots" / "train_curve.csv"))]
+             for k in ("single", strategy)}
+    assert len(norms["single"]) == 3 and all(n > MAX_GRAD_NORM for n in norms["single"])
+    assert norms[strategy] == pytest.approx(norms["single"], rel=1e-3)
     # the exported models (θ with w merged) agree too, and are plain transformers models
     from transformers import AutoModelForCausalLM
 

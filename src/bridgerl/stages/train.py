@@ -25,7 +25,7 @@ from bridgerl.train.models import export
 from bridgerl.train.trainer import Trainer, make_trainer
 
 CURVE_FIELDS = ["step", "wall_time_s", "phase", "reward_mean", "accuracy", "heldout_accuracy", "sft_nll", "kl",
-                "entropy", "response_length", "coop_gain", "lambda", "loss"]
+                "entropy", "response_length", "coop_gain", "lambda", "grad_norm", "loss"]
 
 
 def _curve_csv(history: list[dict]) -> str:
