@@ -228,7 +228,7 @@ _DS_BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradien
 
 
 class DistributedConfig(_Section):
-    """Data parallelism under torchrun with DeepSpeed ZeRO (bridgerl.train.distributed, docs/distributed.md)."""
+    """Data parallelism under torchrun with DeepSpeed ZeRO (bridgerl.train.engines and .parallel, docs/distributed.md)."""
 
     strategy: Literal["none", "zero2", "zero3"] = "none"  # none: one process, no DeepSpeed
     offload: bool = False  # ZeRO-Offload: optimizer state (zero3: also parameters) in CPU memory
