@@ -14,12 +14,12 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, make_cfg, path_overrides, FAST
+from conftest import FAST, REPO, make_cfg, path_overrides
 
 from bridgerl import rewards
 from bridgerl.train.batches import collate
-from bridgerl.train.losses import grpo_loss, group_advantages, sft_objective, token_logprobs
 from bridgerl.train.engines import TorchEngine
+from bridgerl.train.losses import group_advantages, grpo_loss, sft_objective, token_logprobs
 from bridgerl.train.models import build_models
 from bridgerl.train.parallel import ProcEnv
 from bridgerl.train.trainer import Trainer, make_trainer

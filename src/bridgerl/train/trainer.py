@@ -31,8 +31,16 @@ from bridgerl.train.engines import make_engine
 from bridgerl.train.losses import group_advantages
 from bridgerl.train.methods import METHODS
 from bridgerl.train.models import Models, build_models
-from bridgerl.train.parallel import (ProcEnv, ShardedSampler, all_reduce, check_shardable, detect,
-                                     init_process_group, reduce_metrics, weigh)
+from bridgerl.train.parallel import (
+    ProcEnv,
+    ShardedSampler,
+    all_reduce,
+    check_shardable,
+    detect,
+    init_process_group,
+    reduce_metrics,
+    weigh,
+)
 from bridgerl.train.seeded_sampling import SeededSampling, row_seeds
 from bridgerl.train.updates import Ctx, rl_logprobs
 
@@ -92,7 +100,8 @@ def set_rng_state(s: dict) -> None:
 # ------------------------------------------------------------------------------------------------
 class Trainer:
     def __init__(self, cfg: Config, models: Models, tokenizer, rl_rows: list[dict], demo_rows: list[dict],
-                 val_rows: list[dict], device: torch.device | str = "cpu", env: ProcEnv = ProcEnv()):
+                 val_rows: list[dict], device: torch.device | str = "cpu", env: ProcEnv | None = None):
+        env = env or ProcEnv()
         check_shardable(cfg, env.world_size)
         self.cfg, self.m, self.tok, self.device, self.env = cfg, models, tokenizer, torch.device(device), env
         t = cfg.train
