@@ -126,8 +126,6 @@ def _report_md(cfg: Config, results: dict, seeds: list[int], benchmarks: list[st
 
 def rerender(cfg: Config, out: str | Path) -> dict:
     """Rewrite the report from an earlier run's results.json (no training)."""
-    import json
-
     saved = json.loads((Path(out) / "results.json").read_text())
     return finish(cfg, saved["methods"], saved["seeds"], Path(out))
 
