@@ -23,7 +23,11 @@ from components.report.component import report  # noqa: E402
 from components.train.component import train  # noqa: E402
 from pipelines.bridge_pipeline import CHECKPOINT_MOUNT, MLFLOW_URI, PARAMS_YAML, configure_training  # noqa: E402
 
-METHODS = ["sft", "rl_zero", "cold_start", "alternating", "mixed", "bridge"]
+if str(ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(ROOT / "src"))
+from bridgerl.train.methods import METHOD_NAMES  # noqa: E402  (the one table of methods)
+
+METHODS = list(METHOD_NAMES)
 
 
 @dsl.pipeline(name="bridgerl-compare", description="BRIDGE against the baselines on one budget, with a report.")

@@ -17,8 +17,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-METHODS = ("sft", "rl_zero", "cold_start", "alternating", "mixed", "bridge", "bridge_frozen_w")
-Method = Literal["sft", "rl_zero", "cold_start", "alternating", "mixed", "bridge", "bridge_frozen_w"]
+from bridgerl.train.methods import METHOD_NAMES, METHODS  # noqa: E402,F401  (the one table of methods)
+
+Method = Literal[METHOD_NAMES]  # type: ignore[valid-type]
 
 
 class ConfigError(ValueError):
@@ -216,6 +217,9 @@ class GrpoConfig(_Section):
     max_new_tokens: int = Field(64, gt=0)
     reward_correct: float = 1.0
     reward_wrong: float = 0.0  # the spec's equations use -1: set it here
+    # KL reference π_ref: the initial model, or the policy when its RL starts (differs for cold_start only,
+    # whose RL phase starts from the SFT model, as a separate RL run from the SFT checkpoint would)
+    ref_model: Literal["initial", "rl_start"] = "rl_start"
 
 
 class BridgeConfig(_Section):
@@ -230,7 +234,7 @@ _DS_BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradien
 
 
 class DistributedConfig(_Section):
-    """Data parallelism under torchrun with DeepSpeed ZeRO (bridgerl.train.distributed, docs/distributed.md)."""
+    """Data parallelism under torchrun with DeepSpeed ZeRO (bridgerl.train.engines and .parallel, docs/distributed.md)."""
 
     strategy: Literal["none", "zero2", "zero3"] = "none"  # none: one process, no DeepSpeed
     offload: bool = False  # ZeRO-Offload: optimizer state (zero3: also parameters) in CPU memory
@@ -299,6 +303,19 @@ class TrainConfig(_Section):
     checkpoint_dir: str = "checkpoints/train"
     metrics_file: str = "metrics/train.json"
     plots_file: str = "plots/train_curve.csv"
+
+    @model_validator(mode="after")
+    def _minibatches_fit(self) -> "TrainConfig":
+        """Every RL mini-batch needs rollouts (and, for methods that split the SFT batch with them, demos)."""
+        m = METHODS[self.method]
+        n = self.grpo.mini_batches
+        if m.rl and n > self.prompt_batch * self.grpo.group_size:
+            raise ValueError(f"grpo.mini_batches = {n} > prompt_batch x group_size = "
+                             f"{self.prompt_batch * self.grpo.group_size}: a mini-batch would be empty")
+        if m.sft_in_minibatches and n > self.demo_batch:
+            raise ValueError(f"grpo.mini_batches = {n} > demo_batch = {self.demo_batch}: method {self.method} "
+                             "pairs each RL mini-batch with an SFT mini-batch")
+        return self
 
 
 # --------------------------------------------------------------------------------------------
