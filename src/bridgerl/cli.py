@@ -93,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.params, args.overrides, args.preset)
         check_paths(cfg)
         if args.command == "train":  # --nproc / a Kubeflow pod: re-run this command under torchrun
+            from bridgerl.io import require_writable
             from bridgerl.train import distributed
+
+            # checkpoints are written from the first steps on (a volume in a pod): fail now, not then
+            require_writable(cfg.train.checkpoint_dir, "train.checkpoint_dir")
 
             prefix = distributed.spawn_command(cfg, args.nproc)
             if prefix is not None:
