@@ -10,14 +10,14 @@
 # constrained by requirements/dev.lock so the images run the versions CI tests:
 #   cpu, mlflow: every package at its dev.lock version when dev.lock has it;
 #   gpu: the project's direct dependencies at their dev.lock versions, except those vLLM caps
-#        (transformers, tokenizers: vllm 0.32.0 needs transformers < 5.20), the rest as vLLM resolves.
+#        (transformers, tokenizers, numpy: vllm 0.32.0 needs transformers < 5.20, numpy < 2.4), the rest as vLLM resolves.
 # The host's pip configuration files (local find-links, constraints) are not read; PIP_INDEX_URL (a
 # mirror) and PIP_CERT are. torch is written without its local label (torch==2.13.0): the CPU image
 # installs it from the CPU wheel index or a wheel folder first, the GPU image takes PyPI's CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-GPU_RELEASED="transformers tokenizers"   # dev.lock pins the GPU lock does not follow (vLLM caps them)
+GPU_RELEASED="transformers tokenizers numpy"   # dev.lock pins the GPU lock does not follow (vLLM caps them)
 "$PY" - <<'EOF'
 import sys
 if sys.version_info[:2] != (3, 11):

@@ -116,29 +116,46 @@ def test_image_locks_pin_everything_at_the_dev_versions():
             assert gpu[k] == dev[k], k
 
 
-def test_unwritable_checkpoint_dir_is_a_clear_error(tmp_path):
-    """`bridgerl train` whose checkpoint folder its user cannot write (a pod without a writable volume)
-    stops before any work: exit 2, one line naming the parameter, the folder and what to mount."""
+def _drop_privileges():
+    """In the child: root writes anywhere, so drop the capabilities that let it (a container's user has none)."""
+    if os.geteuid() == 0:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH out of the bounding set (PR_CAPBSET_DROP)
+            assert libc.prctl(24, cap, 0, 0, 0) == 0, ctypes.get_errno()
+
+
+def _read_only_folder(tmp_path: Path) -> Path:
     readonly = tmp_path / "mnt"
     readonly.mkdir()
     readonly.chmod(0o555)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    return readonly
 
-    def drop_privileges():  # root writes anywhere: drop the capabilities that let it, as a container user has none
-        if os.geteuid() == 0:
-            import ctypes
 
-            libc = ctypes.CDLL(None, use_errno=True)
-            for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH out of the bounding set (PR_CAPBSET_DROP)
-                assert libc.prctl(24, cap, 0, 0, 0) == 0, ctypes.get_errno()
-
+def test_unwritable_checkpoint_dir_is_a_clear_error(tmp_path):
+    """`bridgerl train` whose checkpoint folder its user cannot write (a pod without a writable volume)
+    stops before any work: exit 2, one line naming the parameter, the folder and what to mount."""
+    readonly = _read_only_folder(tmp_path)
     p = subprocess.run([sys.executable, "-m", "bridgerl", "train", "-P", str(REPO / "params.yaml"),
                         "-S", f"train.checkpoint_dir={readonly}/run/train"], capture_output=True, text=True,
-                       env=env, timeout=120, preexec_fn=drop_privileges)
+                       env={**os.environ, "PYTHONPATH": str(REPO / "src")}, timeout=120,
+                       preexec_fn=_drop_privileges)
     assert p.returncode == 2, p.stderr[-2000:]
     [line] = p.stderr.strip().splitlines()
     assert line.startswith("bridgerl train: error: train.checkpoint_dir = ") and f"{readonly} is not writable" in line
     assert "fsGroup" in line
+
+
+def test_component_with_unwritable_checkpoint_root_says_so(tmp_path):
+    """The Kubeflow train task's working folder under checkpoint_root: one clear line, not a traceback."""
+    readonly = _read_only_folder(tmp_path)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from components.common import bridgerl_cli; "
+            "bridgerl_cli('train', 'seed: 0', [], [], workdir=sys.argv[2])")
+    p = subprocess.run([sys.executable, "-c", code, str(REPO), f"{readonly}/run-1/train"], capture_output=True,
+                       text=True, timeout=120, preexec_fn=_drop_privileges)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert p.stderr.startswith(f"bridgerl train: error: cannot create {readonly}/run-1/train: not writable by uid")
 
 
 # ------------------------------------------------------------------------------------------------
