@@ -397,8 +397,9 @@ def test_bridge_pipeline_runs_in_the_image_under_docker_runner(images, mlflow_se
     root = _shared_folder(tmp_path / "kfp")
     driver = tmp_path / "driver.py"
     driver.write_text(f"""
-import json, sys
+import json, os, sys
 import kfp.local
+os.umask(0o002)  # what this process creates under pipeline_root stays writable by the tasks' group (10001)
 sys.path.insert(0, {str(REPO)!r})
 kfp.local.init(runner=kfp.local.DockerRunner(network_mode="host"), pipeline_root={str(root)!r})
 from pipelines.bridge_pipeline import bridge_pipeline
