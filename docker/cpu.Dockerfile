@@ -13,8 +13,9 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 VIRTUAL_ENV=/opt/venv PAT
 RUN python -m venv /opt/venv
 COPY docker/wheels /tmp/wheels
 COPY docker/requirements-cpu.lock /tmp/requirements.lock
+# torch from WHEELS when the wheel is there (quietly tried), else from TORCH_INDEX_URL; then the rest
 RUN grep '^torch==' /tmp/requirements.lock > /tmp/torch.txt \
-    && { pip install --no-deps --no-index --find-links "$WHEELS" -r /tmp/torch.txt \
+    && { pip install --quiet --no-deps --no-index --find-links "$WHEELS" -r /tmp/torch.txt 2>/dev/null \
          || pip install --no-deps --index-url "$TORCH_INDEX_URL" -r /tmp/torch.txt; } \
     && pip install --no-deps --find-links "$WHEELS" -r /tmp/requirements.lock \
     && pip check
