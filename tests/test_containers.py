@@ -88,6 +88,24 @@ def test_dockerfiles_build_with_the_legacy_builder_and_offline(dockerfile):
     assert f"COPY {lock} " in text and (REPO / lock).exists()
 
 
+def test_build_script_builds_the_named_images_and_goes_on_past_a_failure(tmp_path):
+    """docker/build.sh: only the images named; a failing one is reported and does not stop the others."""
+    fake = tmp_path / "engine"
+    fake.write_text('#!/bin/sh\necho "$*" >> "$0.calls"\ncase "$*" in *gpu.Dockerfile*) exit 1;; esac\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "BUILDER": str(fake), "REGISTRY": "r.example", "VERSION": "9",
+           "PYTHON_IMAGE": "local/python:3.11"}
+    p = subprocess.run(["sh", str(DOCKER / "build.sh"), "gpu", "mlflow", "--", "--network", "host"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    calls = (tmp_path / "engine.calls").read_text().splitlines()
+    assert p.returncode == 1 and "failed: r.example/bridgerl-gpu:9" in p.stderr
+    assert "built: r.example/bridgerl-mlflow:9" in p.stdout
+    assert [c.split("--file ")[1].split()[0] for c in calls] == ["docker/gpu.Dockerfile", "docker/mlflow.Dockerfile"]
+    assert all("--build-arg PYTHON_IMAGE=local/python:3.11" in c and c.endswith("--network host .") for c in calls)
+    bad = subprocess.run(["sh", str(DOCKER / "build.sh"), "cuda"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "unknown image 'cuda'" in bad.stderr
+
+
 def test_image_locks_pin_everything_at_the_dev_versions():
     """Each image installs a full lock (`--no-deps`), at requirements/dev.lock's versions where it has them
     (the GPU image: the project's direct dependencies, transformers as vLLM allows)."""
@@ -368,6 +386,12 @@ def test_cpu_image_runs_stages_as_its_non_root_user(images, tmp_path):
     version = _run(cpu, "python", "-c", "import transformers, torch; print(transformers.__version__, torch.__version__)")
     lock = (DOCKER / "requirements-cpu.lock").read_text()
     transformers_v, torch_v = version.stdout.split()
+    # the project is its own small layer on top of the dependencies' (a code change pushes ~1 MB, not GBs)
+    history = _sh(["docker", "history", "--no-trunc", "--format", "{{.CreatedBy}}\t{{.Size}}", cpu]).stdout
+    sizes = [(line.rsplit("\t", 1)[0], line.rsplit("\t", 1)[1]) for line in history.splitlines()]
+    [project] = [size for step, size in sizes if "pip install --no-deps --no-index /tmp/dist/" in step]
+    assert len([size for step, size in sizes if "COPY dir:" in step and size.endswith("GB")]) == 1  # /opt/venv
+    assert project.endswith(("kB", "MB")) and (project.endswith("kB") or float(project[:-2]) < 10), project
     assert f"\ntransformers=={transformers_v}\n" in lock and torch_v.startswith("2.13.0") and "+cpu" in torch_v
 
     # one stage into a mounted output folder, as uid 10001
