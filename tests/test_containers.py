@@ -46,6 +46,7 @@ REGISTRY = "bridgerl-test"
 CPU_IMAGE = f"{REGISTRY}/bridgerl-cpu:{TAG}"
 MLFLOW_IMAGE = f"{REGISTRY}/bridgerl-mlflow:{TAG}"
 CACHE = Path(os.environ.get("BRIDGERL_TEST_CACHE", Path.home() / ".cache" / "bridgerl-tests"))
+INDEX_PORT = int(os.environ.get("BRIDGERL_TEST_INDEX_PORT", "38517"))  # the local package index the builds use
 EXTRA_CA = Path("/usr/local/share/ca-certificates")  # Debian's folder of locally added CA certificates
 PYTHON_BASE = """\
 ARG DEBIAN_IMAGE
@@ -299,8 +300,12 @@ def package_index(engine) -> str:
         torch = [f for f in os.listdir(wheels) if f.startswith("torch-")]
         assert [f for f in torch if "+cpu" in f], f"no CPU torch wheel among {torch}: point pip at one"
         stamp.touch()
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_IndexHandler, directory=str(wheels)))
+    handler = functools.partial(_IndexHandler, directory=str(wheels))
+    try:  # a fixed address: build arguments are part of docker's cache key, a new URL would rebuild everything
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", INDEX_PORT), handler)
+    except OSError as e:
+        _log(f"127.0.0.1:{INDEX_PORT} is taken ({e}): another port, so no cached dependency layer is reused")
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}/simple/"
     server.shutdown()
