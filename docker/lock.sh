@@ -10,7 +10,8 @@
 # constrained by requirements/dev.lock so the images run the versions CI tests:
 #   cpu, mlflow: every package at its dev.lock version when dev.lock has it;
 #   gpu: the project's direct dependencies at their dev.lock versions, except those vLLM caps
-#        (transformers, tokenizers, numpy: vllm 0.32.0 needs transformers < 5.20, numpy < 2.4), the rest as vLLM resolves.
+#        (transformers, tokenizers, numpy: vllm 0.32.0 needs transformers < 5.20, numpy < 2.4);
+#        the rest as vLLM resolves it.
 # The host's pip configuration files (local find-links, constraints) are not read; PIP_INDEX_URL (a
 # mirror) and PIP_CERT are. torch is written without its local label (torch==2.13.0): the CPU image
 # installs it from the CPU wheel index or a wheel folder first, the GPU image takes PyPI's CUDA build.
@@ -34,7 +35,8 @@ norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
 pins = [ln for ln in open("requirements/dev.lock").read().splitlines() if "==" in ln and not ln.startswith("#")]
 if image == "gpu":
     project = tomllib.load(open("pyproject.toml", "rb"))["project"]
-    deps = project["dependencies"] + [d for e in ("distributed", "pipeline") for d in project["optional-dependencies"][e]]
+    extras = project["optional-dependencies"]
+    deps = project["dependencies"] + [d for e in ("distributed", "pipeline") for d in extras[e]]
     direct = {norm(re.split(r"[\s<>=!~;\[]", d, maxsplit=1)[0]) for d in deps} - {norm(n) for n in released}
     pins = [ln for ln in pins if norm(ln.split("==")[0]) in direct]
 print("\n".join(pins))

@@ -388,7 +388,8 @@ def test_cpu_image_runs_stages_as_its_non_root_user(images, tmp_path):
     assert p.returncode == 0 and re.match(r"ok 2\.\d+\.\d+\S* cpu", p.stdout.strip()), p.stdout + p.stderr
     user = _run(cpu, "sh", "-c", "id -u; id -g; echo $HF_HUB_OFFLINE $GIT_PYTHON_REFRESH")
     assert user.stdout.split() == [str(UID), str(UID), "1", "quiet"]
-    version = _run(cpu, "python", "-c", "import transformers, torch; print(transformers.__version__, torch.__version__)")
+    version = _run(cpu, "python", "-c",
+                   "import transformers, torch; print(transformers.__version__, torch.__version__)")
     lock = (DOCKER / "requirements-cpu.lock").read_text()
     transformers_v, torch_v = version.stdout.split()
     # the project is its own small layer on top of the dependencies' (a code change pushes ~1 MB, not GBs)
@@ -412,7 +413,8 @@ def test_cpu_image_runs_stages_as_its_non_root_user(images, tmp_path):
     # a checkpoint folder its user cannot write: the stage says so before any work
     closed = tmp_path / "closed"
     closed.mkdir(mode=0o755)
-    p = _run(cpu, "train", "-S", "train.checkpoint_dir=/mnt/checkpoints/run/train", volumes={closed: "/mnt/checkpoints"})
+    p = _run(cpu, "train", "-S", "train.checkpoint_dir=/mnt/checkpoints/run/train",
+             volumes={closed: "/mnt/checkpoints"})
     assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
     assert "train.checkpoint_dir = '/mnt/checkpoints/run/train': /mnt/checkpoints is not writable by uid 10001" \
         in p.stderr

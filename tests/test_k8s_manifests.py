@@ -163,7 +163,8 @@ def test_checkpoint_volume_is_made_writable_for_the_images_user(rendered, overla
     pvc = bp.bridge_pipeline.component_spec.inputs["checkpoint_pvc"].default
     mounting = []
     for d, pod in _pod_specs(rendered[overlay]):
-        claims = {v["name"] for v in pod.get("volumes", []) if v.get("persistentVolumeClaim", {}).get("claimName") == pvc}
+        claims = {v["name"] for v in pod.get("volumes", [])
+                  if v.get("persistentVolumeClaim", {}).get("claimName") == pvc}
         mounts = [m["mountPath"] for c in pod["containers"] for m in c.get("volumeMounts", []) if m["name"] in claims]
         if mounts:
             assert mounts == [bp.CHECKPOINT_MOUNT], d["metadata"]["name"]
