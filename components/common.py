@@ -32,7 +32,12 @@ def bridgerl_cli(stage: str, params: str, overrides: list, sets: list, args: lis
     import tempfile
 
     workdir = workdir or tempfile.mkdtemp(prefix=f"bridgerl-{stage}-")
-    os.makedirs(workdir, exist_ok=True)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except PermissionError:  # e.g. checkpoint_root on a volume the image's user (uid 10001) cannot write
+        sys.exit(f"bridgerl {stage}: error: cannot create {workdir}: not writable by uid {os.getuid()} "
+                 f"(gid {os.getgid()}); mount a volume writable by that group there (k8s: fsGroup, "
+                 "k8s/base/checkpoints-init.yaml; docker: install -d -g 10001 -m 2775 DIR)")
     params_file = os.path.join(workdir, "params.yaml")
     with open(params_file, "w") as f:
         f.write(params)

@@ -243,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         with locks.hold(_outputs(args, cfg), args.command):
             if args.command == "train":  # --nproc / a Kubeflow pod: re-run this command under torchrun
                 from bridgerl import launch
+                from bridgerl.io import require_writable
+
+                # checkpoints are written from the first steps on (a volume in a pod): fail now, not then
+                require_writable(cfg.train.checkpoint_dir, "train.checkpoint_dir")
 
                 prefix = launch.spawn_command(cfg, args.nproc)
                 if prefix is not None:
