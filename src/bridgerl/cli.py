@@ -231,22 +231,20 @@ def main(argv: list[str] | None = None) -> int:
         parent_watch.install(args.command)
     from bridgerl import locks, registry, tracking
     from bridgerl.config import ConfigError, check_paths, load_config
-    from bridgerl.io import DataError
+    from bridgerl.io import DataError, require_writable
 
     try:
         cfg = load_config(args.params, args.overrides, args.preset)
         check_paths(cfg)
         cfg, argv = _place_outputs(args, argv, cfg)
+        if args.command == "train":  # checkpoints are written from the first steps on (a volume in a pod)
+            require_writable(cfg.train.checkpoint_dir, "train.checkpoint_dir")
         _check_args(args, cfg)
         if args.command in TRACKED:
             registry.ensure_reachable(cfg)  # (a local store is created when first used: tracking.init_local_store)
         with locks.hold(_outputs(args, cfg), args.command):
             if args.command == "train":  # --nproc / a Kubeflow pod: re-run this command under torchrun
                 from bridgerl import launch
-                from bridgerl.io import require_writable
-
-                # checkpoints are written from the first steps on (a volume in a pod): fail now, not then
-                require_writable(cfg.train.checkpoint_dir, "train.checkpoint_dir")
 
                 prefix = launch.spawn_command(cfg, args.nproc)
                 if prefix is not None:
