@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet.install()
     if args.command != "config":
         parent_watch.install(args.command)
-    from bridgerl import locks, registry, tracking
+    from bridgerl import locks, registry
     from bridgerl.config import ConfigError, check_paths, load_config
     from bridgerl.io import DataError, require_writable
 
@@ -259,10 +259,18 @@ def main(argv: list[str] | None = None) -> int:
         return 3
 
 
+# commands that compute with torch: each sizes its threads to its share of the cores (bridgerl.threads)
+COMPUTE = {"init-model", "build-demos", "train", "evaluate", "compare", "serve-teacher"}
+
+
 def _dispatch(args, cfg) -> int:
     from bridgerl.config import ConfigError
 
     c = args.command
+    if c in COMPUTE:
+        from bridgerl import threads
+
+        threads.configure(cfg.threads)
     if c == "config":
         import yaml
 

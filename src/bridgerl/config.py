@@ -421,6 +421,9 @@ class TrackingConfig(_Section):
 class Config(_Section):
     seed: int = Field(0, ge=0)
     preset: str | None = None
+    # torch intra-op threads per process; None: the process's share of the cores (cores / local processes;
+    # $BRIDGERL_TORCH_THREADS or $OMP_NUM_THREADS when set): src/bridgerl/threads.py
+    threads: int | None = Field(None, ge=1)
     data: DataConfig = Field(default_factory=DataConfig)
     demos: DemosConfig = Field(default_factory=DemosConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

@@ -11,10 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from bridgerl.config import Config
@@ -55,8 +53,9 @@ def _final_metrics(tr: Trainer) -> dict:
 
 def run(cfg: Config, max_steps: int | None = None, resume: bool = False, progress: bool = True) -> dict:
     """Train on this process (every rank of a torchrun job runs this); rank 0 writes the outputs."""
-    if os.environ.get("BRIDGERL_TORCH_THREADS"):
-        torch.set_num_threads(int(os.environ["BRIDGERL_TORCH_THREADS"]))
+    from bridgerl import threads
+
+    n_threads = threads.configure(cfg.threads)  # (each torchrun worker runs this too)
     tr = make_trainer(cfg)
     main = tr.is_main  # rank 0 alone writes MLflow, checkpoint bookkeeping and outputs
     log = print if main else (lambda *a, **k: None)
@@ -96,7 +95,7 @@ def run(cfg: Config, max_steps: int | None = None, resume: bool = False, progres
         bar.close()
         if tr.step < tr.total_steps:
             log(f"stopped at step {tr.step}/{tr.total_steps} (--max-steps); resume with --resume")
-        final = _final_metrics(tr)
+        final = {**_final_metrics(tr), "torch_threads": n_threads}
         exported = tr.export_models()  # all ranks take part (ZeRO-3 gathers); rank 0 gets the policy
         if main:
             with atomic_dir(t.out_dir) as tmp:
