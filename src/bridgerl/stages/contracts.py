@@ -248,10 +248,11 @@ def import_closure(module: str) -> list[Path]:
     return sorted(files)
 
 
-def code_deps(stage: Stage, root: Path) -> list[str]:
-    """The stage's code as DVC dependencies (paths relative to `root`): a package directory when the
-    stage imports all its modules, else the files. The package's own __init__.py and cli.py (dispatch
-    only) are left out."""
+def code_deps(stage: Stage) -> list[str]:
+    """The stage's code as DVC dependencies (paths like `src/bridgerl/rewards`): a package directory
+    when the stage imports all its modules, else the files. The package's own __init__.py and cli.py
+    (dispatch only) are left out."""
+    root = PACKAGE_DIR.parents[1]
     files = {f for f in import_closure(stage.module) if f != PACKAGE_DIR / "__init__.py"}
     out: list[Path] = []
     for d in sorted({f.parent for f in files}):
