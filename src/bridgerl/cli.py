@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("config", "print the resolved, validated configuration")
     p = cmd("resolve-config", "validate the configuration; write it whole and each stage's slice (first DVC stage)")
     p.add_argument("--out", default=None, help="directory (default: resolved)")
+    p.add_argument("--tasks", action="store_true", help="also write each Kubeflow task's configuration")
     p = sub.add_parser("generate", help="write dvc.yaml, docs/stages.md and docs/params.md from the stage table "
                        "and the configuration schema")
     p.add_argument("--check", action="store_true", help="exit 1 naming each file that differs; write nothing")
@@ -140,7 +141,7 @@ def _dispatch(args, cfg) -> int:
     if c == "resolve-config":
         from bridgerl.stages import resolve_config
 
-        print(json.dumps(resolve_config.run(cfg, args.out or resolve_config.RESOLVED_DIR)))
+        print(json.dumps(resolve_config.run(cfg, args.out or resolve_config.RESOLVED_DIR, tasks=args.tasks)))
         return 0
     if c == "prepare":
         from bridgerl.stages import prepare

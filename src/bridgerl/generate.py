@@ -52,7 +52,17 @@ def resolve_stage(pkg: Path) -> dict:
     }
 
 
-def stage_entry(stage: Stage, cfg) -> dict:
+def _in_params_file(root: Path, key: str) -> bool:
+    p = root / "params.yaml"
+    node = yaml.safe_load(p.read_text()) if p.exists() else {}
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def stage_entry(stage: Stage, cfg, root: Path) -> dict:
     values = cfg.model_dump(mode="json")
 
     def path(io) -> str:
@@ -63,7 +73,8 @@ def stage_entry(stage: Stage, cfg) -> dict:
     # one changes (its slice holds their digests as well, so a repro is right even before regenerating)
     entry["deps"] = [*code_deps(stage), f"{RESOLVED_DIR}/{stage.name}.json", *(path(x) for x in stage.inputs),
                      *local_files(cfg, stage)]
-    entry["params"] = list(stage.params)
+    # DVC params must exist in params.yaml: keys left at their schema default are covered by the slice
+    entry["params"] = [k for k in stage.params if _in_params_file(root, k)]
     if stage.outputs:
         entry["outs"] = [path(x) for x in stage.outputs]
     if stage.metrics:
@@ -80,7 +91,7 @@ def dvc_yaml(root: Path) -> str:
     cfg = _config(root)
     values = cfg.model_dump(mode="json")
     stages = {"resolve-config": resolve_stage(pkg)}
-    stages.update({s.name: stage_entry(s, cfg) for s in STAGES.values()})
+    stages.update({s.name: stage_entry(s, cfg, root) for s in STAGES.values()})
     plots = []
     for p in PLOTS:
         [(title, spec)] = p.items()
@@ -183,13 +194,18 @@ def params_md() -> str:
              "Every key of `params.yaml` (set with `-S key=value`, `dvc exp run -S`, or the Kubeflow",
              "pipeline's `overrides`), its type, default and meaning. A preset (`preset:`) fills keys you do",
              "not set. Which stage reads which key: docs/stages.md.", ""]
-    todo = [("", Config, Config().model_dump(mode="json"))]
+    from bridgerl.config import SourceSpec
+
+    todo = [("", Config, Config().model_dump(mode="json")),
+            ("<source>", SourceSpec, {**SourceSpec(name="", kind="embedded").model_dump(mode="json"), "name": None, "kind": "local"})]
     while todo:
         key, model, defaults = todo.pop(0)
         rows: list[str] = []
         subs: list = []
         _rows(model, f"{key}." if key else "", defaults, rows, subs)
         title = f"`{key}`" if key else "top level"
+        if key == "<source>":
+            title = "a source: items of `data.rl_sources`, values of `eval.sources`, `demos.dataset`"
         doc = (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ") if key else ""
         lines += [f"## {title}", ""] + ([doc, ""] if doc else [])
         if rows:

@@ -148,6 +148,16 @@ def config_slice(cfg, stage: Stage) -> dict:
     return out
 
 
+def task_config(cfg, stage: Stage) -> dict:
+    """What a Kubeflow task receives as its whole configuration: its slice plus the run-level
+    sections (where to log). Nothing else reaches it, so its cache key changes only with these."""
+    out = config_slice(cfg, stage)
+    full = cfg.model_dump(mode="json")
+    for key in RUN_LEVEL:
+        _put(out, key, lookup(full, key))
+    return out
+
+
 def local_files(cfg, stage: Stage) -> list[str]:
     """Local data files this stage reads (named in data.rl_sources / eval.sources / demos.dataset)."""
     if not stage.local_files:

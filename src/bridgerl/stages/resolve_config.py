@@ -3,6 +3,8 @@
 It runs before any other stage (each depends on its file here), so a typo in params.yaml fails here,
 with the usual one-line error, before DVC removes any stage's previous outputs. Writes, atomically:
 - `resolved/config.json`: the whole resolved configuration (params.yaml ← preset ← `-S` overrides);
+- `resolved/<stage>.task.json`: the configuration a Kubeflow task of that stage receives
+  (`contracts.task_config`: its slice and the run-level `tracking` section);
 - `resolved/<stage>.json`: that stage's fingerprint (`contracts.fingerprint`): the resolved values of
   the keys it reads and the digests of the local data files it reads. DVC compares these files, so a
   stage reruns when something it reads changes (a value, a preset, a schema default, a local file)
@@ -15,13 +17,20 @@ from pathlib import Path
 
 from bridgerl.config import Config
 from bridgerl.io import write_json
-from bridgerl.stages.contracts import RESOLVED_DIR, STAGES, fingerprint
+from bridgerl.stages.contracts import RESOLVED_DIR, STAGES, fingerprint, task_config
 
 
-def run(cfg: Config, out_dir: str | Path = RESOLVED_DIR) -> dict[str, str]:
+def run(cfg: Config, out_dir: str | Path = RESOLVED_DIR, tasks: bool = False) -> dict[str, str]:
+    """Write the resolved configuration and every stage's fingerprint (and, with `tasks`, every
+    Kubeflow task's configuration); returns the paths written."""
     out = Path(out_dir)
     prints = {name: fingerprint(cfg, stage) for name, stage in STAGES.items()}  # reads every file first
-    write_json(out / "config.json", cfg.model_dump(mode="json"))
+    written = {"config": out / "config.json"}
+    write_json(written["config"], cfg.model_dump(mode="json"))
     for name, fp in prints.items():
-        write_json(out / f"{name}.json", fp)
-    return {"config": str(out / "config.json"), **{n: str(out / f"{n}.json") for n in prints}}
+        written[name] = out / f"{name}.json"
+        write_json(written[name], fp)
+        if tasks:
+            written[f"{name}.task"] = out / f"{name}.task.json"
+            write_json(written[f"{name}.task"], task_config(cfg, STAGES[name]))
+    return {k: str(v) for k, v in written.items()}
