@@ -192,6 +192,6 @@ def test_local_data_file_is_a_dependency_of_prepare(tmp_path):
     dvc = yaml.safe_load((root / "dvc.yaml").read_text())
     dvc["stages"]["prepare"]["deps"].remove("mydata/mine.jsonl")
     (root / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
-    sh(["dvc", "repro", "prepare"], root)
+    assert "mydata/mine.jsonl is not listed in dvc.yaml's prepare deps" in sh(["dvc", "repro", "prepare"], root).stderr
     write(3)
     assert ran_stages(sh(["dvc", "repro", "prepare"], root).stdout) == {"resolve-config", "prepare"}

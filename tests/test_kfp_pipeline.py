@@ -70,7 +70,9 @@ def test_uncompiled_change_is_stale(tmp_path, edit):
     params = (REPO / "params.yaml").read_text()
     if edit == "component":
         src = tmp_path / "components" / "prepare" / "component.py"
-        src.write_text(src.read_text().replace('f"data.out_dir={dataset.path}"', 'f"data.out_dir={dataset.path}/x"'))
+        text = src.read_text()
+        assert '{"dataset": dataset.path}' in text
+        src.write_text(text.replace('{"dataset": dataset.path}', '{"dataset": dataset.path + "/x"}'))
     else:
         params = params.replace("seed: 0", "seed: 1", 1)
     (tmp_path / "params.yaml").write_text(params)
