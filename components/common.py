@@ -20,18 +20,21 @@ CPU_IMAGE = os.environ.get("BRIDGERL_CPU_IMAGE", f"{REGISTRY}/bridgerl-cpu:{VERS
 GPU_IMAGE = os.environ.get("BRIDGERL_GPU_IMAGE", f"{REGISTRY}/bridgerl-gpu:{VERSION}")
 
 
-def run_parameter_overrides(method: str = "", preset: str = "", base_model: str = "", lr_theta: float = None,
-                            lr_w: float = None, lam: float = None, steps: int = None, epochs: int = None,
-                            seed: int = None, benchmarks: list = None) -> list:
+def run_parameter_overrides(method: str = "", preset: str = "", base_model: str = "", lr_theta: float = -1,
+                            lr_w: float = -1, lam: float = -1, steps: int = -1, epochs: int = -1,
+                            seed: int = -1, benchmarks: list = ()) -> list:
     """The typed run parameters (the knobs set in the Kubeflow UI) as `-S key=value` items; an unset
-    one (empty / None) leaves params_yaml (and its preset) in charge of that key. The one table of
-    which parameter sets which configuration key."""
+    one (empty, or a negative number: no key accepts one) leaves params_yaml (and its preset) in
+    charge of that key. The one table of which parameter sets which configuration key."""
     import json
 
     keys = {"preset": preset, "train.method": method, "model.base": base_model, "train.lr_theta": lr_theta,
             "train.lr_w": lr_w, "train.bridge.lam": lam, "train.steps": steps, "train.epochs": epochs,
             "seed": seed, "eval.benchmarks": benchmarks}
-    return [f"{k}={json.dumps(v)}" for k, v in keys.items() if v not in (None, "", [])]
+    unset = [k for k, v in keys.items()
+             if v is None or v == "" or (isinstance(v, (list, tuple)) and not v)
+             or (isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0)]
+    return [f"{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}" for k, v in keys.items() if k not in unset]
 
 
 def bridgerl_cli(stage: str, config: str, io: dict, sets: list = (), args: list = (), tracking_uri: str = "",

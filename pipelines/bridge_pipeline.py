@@ -15,7 +15,7 @@ reaches each task from its pod's label, not as an input, so it does not break th
 
 import sys
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -39,6 +39,7 @@ PARAMS_YAML = (ROOT / "params.yaml").read_text()
 MLFLOW_URI = "http://mlflow:5000"  # the tracking Service of k8s/ in the run's namespace
 HUB_TOKEN_SECRET = "hf-token"  # a Kubernetes secret with key `token` (optional)
 TEACHER_KEY_SECRET = "teacher-api-key"  # a Kubernetes secret with key `api_key` (optional)
+UNSET = -1  # a numeric run parameter at -1 is not set: params_yaml (and its preset) decide
 
 
 @dsl.pipeline(name="bridgerl", description="BRIDGE (cooperative SFT + RL) training: data, demos, train, "
@@ -49,13 +50,13 @@ def bridge_pipeline(
     method: str = "",
     preset: str = "",
     base_model: str = "",
-    lr_theta: Optional[float] = None,
-    lr_w: Optional[float] = None,
-    lam: Optional[float] = None,
-    steps: Optional[int] = None,
-    epochs: Optional[int] = None,
-    seed: Optional[int] = None,
-    benchmarks: Optional[list] = None,
+    lr_theta: float = UNSET,
+    lr_w: float = UNSET,
+    lam: float = UNSET,
+    steps: int = UNSET,
+    epochs: int = UNSET,
+    seed: int = UNSET,
+    benchmarks: list = [],
     mlflow_tracking_uri: str = MLFLOW_URI,
     hub_token_secret: str = HUB_TOKEN_SECRET,
     teacher_api_key_secret: str = TEACHER_KEY_SECRET,
@@ -76,7 +77,8 @@ def bridge_pipeline(
     checkpoint_root: str = CHECKPOINT_MOUNT,
 ) -> NamedTuple("Outputs", model=Model, metrics=Metrics, registration=Artifact):
     """Configuration: `params_yaml` the params file's content; `overrides` free `-S key=value` items
-    applied last. Run parameters (each sets one key; unset leaves it to `params_yaml`):
+    applied last. Run parameters (each sets one key; unset, i.e. empty or -1, leaves it to `params_yaml`
+    and its preset):
     `method` train.method (sft, rl_zero, cold_start, alternating, mixed, bridge, bridge_frozen_w);
     `preset` a preset name (src/bridgerl/presets) layered under the YAML; `base_model` model.base
     (`embedded`, a hub id or a directory); `lr_theta` train.lr_theta (α, base weights θ); `lr_w`

@@ -8,7 +8,6 @@ pipeline (pipelines/bridge_pipeline.py documents them) without `method`.
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -24,7 +23,8 @@ from components.prepare.component import prepare  # noqa: E402
 from components.report.component import report  # noqa: E402
 from components.resolve_config.component import resolve_config  # noqa: E402
 from components.train.component import train  # noqa: E402
-from pipelines.bridge_pipeline import HUB_TOKEN_SECRET, MLFLOW_URI, PARAMS_YAML, TEACHER_KEY_SECRET  # noqa: E402
+from pipelines.bridge_pipeline import (HUB_TOKEN_SECRET, MLFLOW_URI, PARAMS_YAML, TEACHER_KEY_SECRET,  # noqa: E402
+                                       UNSET)
 from pipelines.placement import (CHECKPOINT_MOUNT, PLACEMENT, mount_checkpoints, place, use_run_id,  # noqa: E402
                                  use_secrets)
 
@@ -39,13 +39,13 @@ def compare_pipeline(
     methods: list = METHODS,
     preset: str = "",
     base_model: str = "",
-    lr_theta: Optional[float] = None,
-    lr_w: Optional[float] = None,
-    lam: Optional[float] = None,
-    steps: Optional[int] = None,
-    epochs: Optional[int] = None,
-    seed: Optional[int] = None,
-    benchmarks: Optional[list] = None,
+    lr_theta: float = UNSET,
+    lr_w: float = UNSET,
+    lam: float = UNSET,
+    steps: int = UNSET,
+    epochs: int = UNSET,
+    seed: int = UNSET,
+    benchmarks: list = [],
     mlflow_tracking_uri: str = MLFLOW_URI,
     hub_token_secret: str = HUB_TOKEN_SECRET,
     teacher_api_key_secret: str = TEACHER_KEY_SECRET,

@@ -108,7 +108,8 @@ def test_parameters_mirror_params_yaml(compiled):
 
 
 def test_typed_run_parameters_are_documented(compiled):
-    """The knobs set in the UI are typed parameters (unset by default), each documented in the docstring."""
+    """The knobs set in the UI are typed parameters (unset, -1 or empty, by default), each documented in
+    the docstring."""
     from pipelines.bridge_pipeline import bridge_pipeline
 
     spec, _ = _docs(compiled / "bridge_pipeline.yaml")
@@ -117,7 +118,7 @@ def test_typed_run_parameters_are_documented(compiled):
              "lr_w": "NUMBER_DOUBLE", "lam": "NUMBER_DOUBLE", "steps": "NUMBER_INTEGER", "epochs": "NUMBER_INTEGER",
              "seed": "NUMBER_INTEGER", "benchmarks": "LIST"}
     for k, t in types.items():
-        assert params[k]["parameterType"] == t and params[k].get("isOptional"), k
+        assert params[k]["parameterType"] == t and params[k].get("defaultValue") in ("", -1, -1.0, []), k
     doc = bridge_pipeline.pipeline_func.__doc__
     undocumented = [k for k in params if f"`{k}`" not in doc]
     assert not undocumented, undocumented
@@ -127,6 +128,8 @@ def test_run_parameter_overrides():
     from components.common import run_parameter_overrides
 
     assert run_parameter_overrides() == []
+    assert run_parameter_overrides(method="", lr_theta=-1, seed=-1, benchmarks=[]) == []
+    assert run_parameter_overrides(seed=0, lam=0.0) == ["train.bridge.lam=0.0", "seed=0"]
     got = run_parameter_overrides(method="sft", lr_theta=1e-5, lam=0.0, steps=7, benchmarks=["math500", "aime24"])
     assert got == ["train.method=\"sft\"", "train.lr_theta=1e-05", "train.bridge.lam=0.0", "train.steps=7",
                    'eval.benchmarks=["math500", "aime24"]']

@@ -19,9 +19,10 @@ Configs = NamedTuple("Configs", prepare=str, init_model=str, build_demos=str, tr
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False, additional_funcs=[run_parameter_overrides])
 def resolve_config(params: str, overrides: list, resolved: Output[Markdown], method: str = "", preset: str = "",
-                   base_model: str = "", lr_theta: float = None, lr_w: float = None, lam: float = None,
-                   steps: int = None, epochs: int = None, seed: int = None, benchmarks: list = None) -> Configs:
-    """params ← typed run parameters (unset: params decides) ← `overrides`; `resolved` shows the result."""
+                   base_model: str = "", lr_theta: float = -1, lr_w: float = -1, lam: float = -1, steps: int = -1,
+                   epochs: int = -1, seed: int = -1, benchmarks: list = []) -> Configs:
+    """params ← typed run parameters (unset, empty or -1: params decides) ← `overrides`; `resolved`
+    shows the result."""
     import json
     import os
     import subprocess
