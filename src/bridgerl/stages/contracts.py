@@ -69,7 +69,8 @@ class Stage:
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("prepare", "bridgerl.stages.prepare",
-          "RL prompts and evaluation sets, deduplicated and split, with a data card",
+          "RL prompts (`data.rl_sources`: embedded task, hub ids, local JSONL/parquet files, which are "
+          "dependencies by content) and evaluation sets, deduplicated and split, with a data card",
           params=("seed", "data", "eval.benchmarks", "eval.sources"),
           outputs=(IO("data.out_dir", "dataset", "`rl_train.jsonl`, `rl_val.jsonl`, `eval/<benchmark>.jsonl` "
                       "(`id, problem, answer, data_source, source`), `data_card.json`, `data_card.md`"),),
@@ -106,7 +107,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           metrics=(IO("eval.metrics_file", "metrics", "accuracy per benchmark and `avg_accuracy`"),)),
     Stage("register", "bridgerl.stages.register",
           "log the trained model to MLflow and register a version with alias `challenger` "
-          "(and `champion` if `registry.auto_promote` and the gate passes)",
+          "(and `champion` if `registry.auto_promote` and the gate passes); `dvc.lock`, when present, for "
+          "provenance tags",
           params=("registry", "train.method", "model.base", "model.dtype", "eval.prompt_template",
                   "eval.use_chat_template", "eval.max_new_tokens", "eval.temperature", "eval.top_p"),
           inputs=(IO("train.out_dir", "model", "the trained model"),
