@@ -48,7 +48,8 @@ def train(config: str, dataset: Input[Dataset], demos: Input[Dataset], base_mode
         launcher += [a for k in ("dataset", "demos", "base_model") for a in ("--stage-in", f"{io[k]}={stage[k]}")]
         launcher += [a for k in ("model", "metrics", "curve") for a in ("--stage-out", f"{stage[k]}={io[k]}")]
         launcher += ["--"]
-    sets = [f"train.checkpoint_dir={os.path.join(work, 'checkpoints')}", *([f"train.method={method}"] if method else [])]
+    sets = [f"train.checkpoint_dir={os.path.join(work, 'checkpoints')}",
+            *([f"train.method={method}"] if method else [])]
     args = ["--resume"] + (["--nproc", str(gpus)] if nodes == 1 and gpus > 1 else [])
     bridgerl_cli("train", config, {**io, **stage}, sets=sets, args=args, tracking_uri=tracking_uri, workdir=work,
                  launcher=launcher)

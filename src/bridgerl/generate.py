@@ -197,7 +197,8 @@ def params_md() -> str:
     from bridgerl.config import SourceSpec
 
     todo = [("", Config, Config().model_dump(mode="json")),
-            ("<source>", SourceSpec, {**SourceSpec(name="", kind="embedded").model_dump(mode="json"), "name": None, "kind": "local"})]
+            ("<source>", SourceSpec, {**SourceSpec(name="", kind="embedded").model_dump(mode="json"),
+                                      "name": None, "kind": "local"})]
     while todo:
         key, model, defaults = todo.pop(0)
         rows: list[str] = []
