@@ -13,14 +13,13 @@ from kfp.dsl import Markdown, Output
 
 from components.common import CPU_IMAGE, run_parameter_overrides
 
-Configs = NamedTuple("Configs", prepare=str, init_model=str, build_demos=str, train=str, evaluate=str,
-                     register=str)
-
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False, additional_funcs=[run_parameter_overrides])
 def resolve_config(params: str, overrides: list, resolved: Output[Markdown], method: str = "", preset: str = "",
                    base_model: str = "", lr_theta: float = -1, lr_w: float = -1, lam: float = -1, steps: int = -1,
-                   epochs: int = -1, seed: int = -1, benchmarks: list = []) -> Configs:
+                   epochs: int = -1, seed: int = -1, benchmarks: list = []
+                   ) -> NamedTuple("Configs", prepare=str, init_model=str, build_demos=str, train=str, evaluate=str,
+                                   register=str):
     """params ← typed run parameters (unset, empty or -1: params decides) ← `overrides`; `resolved`
     shows the result."""
     import json
