@@ -203,3 +203,15 @@ def test_every_parameter_is_described():
         assert key in md, key
     lam = next(line for line in md.splitlines() if line.startswith("| `train.bridge.lam`"))
     assert "0.5" in lam and C.BridgeConfig.model_fields["lam"].description in lam
+
+
+def test_a_changed_preset_reruns_exactly_the_stages_that_read_what_it_changed(tmp_path):
+    """Presets are dependencies through the slices: editing a preset's training value changes only
+    train's fingerprint; the schema (config.py) is in every stage's code."""
+    preset = tmp_path / "mine.yaml"
+    preset.write_text("train: {weight_decay: 0.01}\n")
+    before = {n: fingerprint(make_cfg(tmp_path, f"preset={preset}"), s) for n, s in STAGES.items()}
+    preset.write_text("train: {weight_decay: 0.02}\n")
+    after = {n: fingerprint(make_cfg(tmp_path, f"preset={preset}"), s) for n, s in STAGES.items()}
+    assert {n for n in STAGES if before[n] != after[n]} == {"train"}
+    assert all("src/bridgerl/config.py" in code_deps(s) for s in STAGES.values())
