@@ -1,7 +1,7 @@
 """Every method on the same data, base model, demos and budget, in parallel; then a comparison report.
 
 resolve-config → prepare → init-model → build-demos once; for each of `methods` (ParallelFor, at
-most `PARALLELISM` training pods at once): train → evaluate; then `bridgerl report` over the
+most `PARALLELISM` training pods at once): resolve-config with that method → train → evaluate; then `bridgerl report` over the
 per-method eval Metrics (a Markdown and an HTML artifact). Parameters are those of the bridge
 pipeline (pipelines/bridge_pipeline.py documents them) without `method`.
 """
@@ -82,8 +82,12 @@ def compare_pipeline(
         use_run_id(t)
     use_secrets(demos, teacher_api_key_secret=teacher_api_key_secret)
     with dsl.ParallelFor(methods, parallelism=PARALLELISM) as method:
-        tr = train(config=cfg["train"], dataset=prep.outputs["dataset"], demos=demos.outputs["demos"],
-                   base_model=base.outputs["base_model"], label=method, method=method, gpus=train_gpus,
+        # each method's own train/evaluate configuration (train.method set); cached, so it costs nothing twice
+        mrc = resolve_config(params=params_yaml, overrides=overrides, method=method, preset=preset,
+                             base_model=base_model, lr_theta=lr_theta, lr_w=lr_w, lam=lam, steps=steps, epochs=epochs,
+                             seed=seed, benchmarks=benchmarks).set_display_name("resolve-config")
+        tr = train(config=mrc.outputs["train"], dataset=prep.outputs["dataset"], demos=demos.outputs["demos"],
+                   base_model=base.outputs["base_model"], label=method, gpus=train_gpus,
                    nodes=train_nodes, node_gpus=train_node_gpus, checkpoint_root=checkpoint_root,
                    job_api=train_job_api, job_image=train_image, job_cpu=train_cpu, job_memory=train_memory,
                    gpu_resource=gpu_accelerator, checkpoint_pvc=checkpoint_pvc, node_selector=gpu_node_selector,
@@ -91,7 +95,7 @@ def compare_pipeline(
         place(tr, accelerator=gpu_accelerator, gpus=train_gpus, cpu=train_cpu, memory=train_memory,
               node_selector=gpu_node_selector, tolerations=gpu_tolerations)
         mount_checkpoints(tr, checkpoint_pvc).set_caching_options(enable_caching=False)
-        ev = evaluate(config=cfg["evaluate"], dataset=prep.outputs["dataset"], model=tr.outputs["model"],
+        ev = evaluate(config=mrc.outputs["evaluate"], dataset=prep.outputs["dataset"], model=tr.outputs["model"],
                       label=method, gpus=eval_gpus, **uri).set_display_name("evaluate")
         place(ev, accelerator=gpu_accelerator, gpus=eval_gpus, cpu=eval_cpu, memory=eval_memory,
               node_selector=gpu_node_selector, tolerations=gpu_tolerations)

@@ -288,7 +288,13 @@ def test_compare_fans_out_and_collects(compiled):
     tasks = spec["root"]["dag"]["tasks"]
     [(loop_name, loop)] = [(n, t) for n, t in tasks.items() if "parameterIterator" in t]
     assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--methods"
-    assert set(spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]) == {"train", "evaluate"}
+    inner = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+    assert set(inner) == {"resolve-config-2", "train", "evaluate"}
+    # each method's train and evaluate read the configuration resolved with that method
+    rc = inner["resolve-config-2"]["inputs"]["parameters"]
+    assert rc["method"]["componentInputParameter"] == "pipelinechannel--methods-loop-item"
+    for t in ("train", "evaluate"):
+        assert inner[t]["inputs"]["parameters"]["config"]["taskOutputParameter"]["producerTask"] == "resolve-config-2"
     assert tasks["report"]["inputs"]["artifacts"]["metrics"]["taskOutputArtifact"]["producerTask"] == loop_name
     assert spec["root"]["inputDefinitions"]["parameters"]["methods"]["defaultValue"][-1] == "bridge"
     from pipelines.compare_pipeline import PARALLELISM
