@@ -52,13 +52,6 @@ def bridgerl_cli(stage: str, config: str, io: dict, sets: list = (), args: list 
     import sys
     import tempfile
 
-    import json
-
-    try:  # a string parameter crossing into a ParallelFor can arrive JSON-encoded once more (kfp.local)
-        decoded = json.loads(config)
-        config = decoded if isinstance(decoded, str) else config
-    except ValueError:
-        pass
     workdir = workdir or tempfile.mkdtemp(prefix=f"bridgerl-{stage}-")
     os.makedirs(workdir, exist_ok=True)
     config_file = os.path.join(workdir, "config.json")
