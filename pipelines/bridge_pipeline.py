@@ -120,7 +120,7 @@ def bridge_pipeline(
           node_selector=gpu_node_selector, tolerations=gpu_tolerations)
     mount_checkpoints(tr, checkpoint_pvc).set_caching_options(enable_caching=False)
     ev = evaluate(config=cfg["evaluate"], dataset=prep.outputs["dataset"], model=tr.outputs["model"], gpus=eval_gpus,
-                  **uri).set_display_name("evaluate")
+                  cpu=eval_cpu, memory=eval_memory, **uri).set_display_name("evaluate")
     place(ev, accelerator=gpu_accelerator, gpus=eval_gpus, cpu=eval_cpu, memory=eval_memory,
           node_selector=gpu_node_selector, tolerations=gpu_tolerations)
     reg = register(config=cfg["register"], model=tr.outputs["model"], eval_metrics=ev.outputs["metrics"], **uri)

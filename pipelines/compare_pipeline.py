@@ -1,9 +1,10 @@
 """Every method on the same data, base model, demos and budget, in parallel; then a comparison report.
 
 resolve-config → prepare → init-model → build-demos once; for each of `methods` (ParallelFor, at
-most `PARALLELISM` training pods at once): resolve-config with that method → train → evaluate; then `bridgerl report` over the
-per-method eval Metrics (a Markdown and an HTML artifact). Parameters are those of the bridge
-pipeline (pipelines/bridge_pipeline.py documents them) without `method`.
+most `PARALLELISM` training pods at once): resolve-config with that method → train → evaluate;
+then `bridgerl report` over the per-method eval Metrics (a Markdown and an HTML artifact).
+Parameters are those of the bridge pipeline (pipelines/bridge_pipeline.py documents them) without
+`method`.
 """
 
 import sys
@@ -96,7 +97,8 @@ def compare_pipeline(
               node_selector=gpu_node_selector, tolerations=gpu_tolerations)
         mount_checkpoints(tr, checkpoint_pvc).set_caching_options(enable_caching=False)
         ev = evaluate(config=mrc.outputs["evaluate"], dataset=prep.outputs["dataset"], model=tr.outputs["model"],
-                      label=method, gpus=eval_gpus, **uri).set_display_name("evaluate")
+                      label=method, gpus=eval_gpus, cpu=eval_cpu, memory=eval_memory,
+                      **uri).set_display_name("evaluate")
         place(ev, accelerator=gpu_accelerator, gpus=eval_gpus, cpu=eval_cpu, memory=eval_memory,
               node_selector=gpu_node_selector, tolerations=gpu_tolerations)
         for t in (tr, ev):

@@ -283,6 +283,21 @@ def test_secrets_from_kubernetes_named_by_parameters(compiled, name):
     assert "secretAsEnv" not in execs["exec-train"]
 
 
+@pytest.mark.parametrize("name", ["bridge_pipeline", "compare_pipeline"])
+def test_every_sub_dag_receives_the_parameters_its_tasks_use(compiled, name):
+    """The KFP compiler does not carry a parameter used only in a resource setting into a ParallelFor:
+    every pipeline channel a task reads must be an input of its DAG."""
+    spec, _ = _docs(compiled / f"{name}.yaml")
+    for cname, comp in [("root", spec["root"]), *spec["components"].items()]:
+        if "dag" not in comp:
+            continue
+        have = set(comp.get("inputDefinitions", {}).get("parameters", {}))
+        for tname, task in comp["dag"]["tasks"].items():
+            for k, v in task.get("inputs", {}).get("parameters", {}).items():
+                src = v.get("componentInputParameter")
+                assert src is None or src in have, (cname, tname, k, src)
+
+
 def test_compare_fans_out_and_collects(compiled):
     spec, _ = _docs(compiled / "compare_pipeline.yaml")
     tasks = spec["root"]["dag"]["tasks"]

@@ -8,11 +8,14 @@ from components.common import GPU_IMAGE, bridgerl_cli
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False, additional_funcs=[bridgerl_cli])
 def evaluate(config: str, dataset: Input[Dataset], model: Input[Model], metrics: Output[Metrics],
-             predictions: Output[Dataset], tracking_uri: str = "", label: str = "", gpus: int = 1):
+             predictions: Output[Dataset], tracking_uri: str = "", label: str = "", gpus: int = 1, cpu: str = "",
+             memory: str = ""):
     """Accuracy of `model` on eval.benchmarks; `metrics` holds metrics/eval.json, its metadata the scalars.
 
     `label` (e.g. the method in a comparison) is recorded in the metadata so a report can name it.
     `gpus` is what the task was given (its accelerator limit): with 0 it evaluates with transformers on CPU.
+    `cpu` / `memory` (its limits) are recorded in the metadata with `gpus`; passing them as inputs also
+    carries them into a ParallelFor, where the KFP compiler drops parameters used only for resources.
     """
     import json
 
@@ -26,3 +29,4 @@ def evaluate(config: str, dataset: Input[Dataset], model: Input[Model], metrics:
         metrics.log_metric(f"{name}_accuracy", m["accuracy"])
     if label:
         metrics.metadata["label"] = label
+    metrics.metadata["resources"] = {"gpus": gpus, "cpu": cpu, "memory": memory}
