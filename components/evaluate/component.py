@@ -14,11 +14,12 @@ def evaluate(config: str, dataset: Input[Dataset], model: Input[Model], metrics:
 
     `label` (e.g. the method in a comparison) is recorded in the metadata so a report can name it.
     `gpus` is what the task was given (its accelerator limit): with 0 it evaluates with transformers on CPU.
-    `cpu` / `memory` (its limits) are recorded in the metadata with `gpus`; passing them as inputs also
-    carries them into a ParallelFor, where the KFP compiler drops parameters used only for resources.
+    `cpu` / `memory` (its limits) are logged with `gpus`; passing them as inputs also carries them into a
+    ParallelFor, where the KFP compiler drops parameters used only for resources.
     """
     import json
 
+    print(f"evaluate: gpus={gpus} cpu={cpu or '-'} memory={memory or '-'}", flush=True)
     bridgerl_cli("evaluate", config, {"dataset": dataset.path, "model": model.path, "predictions": predictions.path,
                                       "metrics": metrics.path},
                  sets=[] if gpus else ["eval.backend=hf"], tracking_uri=tracking_uri)
@@ -29,4 +30,3 @@ def evaluate(config: str, dataset: Input[Dataset], model: Input[Model], metrics:
         metrics.log_metric(f"{name}_accuracy", m["accuracy"])
     if label:
         metrics.metadata["label"] = label
-    metrics.metadata["resources"] = {"gpus": gpus, "cpu": cpu, "memory": memory}
