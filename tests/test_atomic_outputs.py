@@ -63,3 +63,27 @@ def test_killed_stage_leaves_no_output(tmp_path, sig):
     subprocess.run(args2, cwd=root, env=env, check=True, capture_output=True)
     assert (models / "base" / "config.json").exists()
     assert not list(models.glob(".base.tmp-*"))
+
+
+def test_outputs_are_readable_by_the_group(tmp_path):
+    """Atomic outputs get the modes the umask gives ordinary files (not tempfile's private 0600/0700),
+    so a team sharing a volume can read them."""
+    import stat
+
+    from bridgerl.io import atomic_dir, write_json
+
+    old = os.umask(0o002)  # a shared-volume umask: group-writable too
+    try:
+        write_json(tmp_path / "m.json", {"a": 1})
+        with atomic_dir(tmp_path / "model") as d:
+            (d / "w.bin").write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o664
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o775
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "m.json", {"a": 2})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o644

@@ -210,7 +210,8 @@ def test_zero_checkpoint_resumes_to_the_same_result(runs, tiny_project, tmp_path
     import json
 
     root = _copy(tiny_project, tmp_path / "resumed")
-    _train(root, "train.distributed.strategy=zero3", extra=("--nproc", "2", "--max-steps", "2"))
+    # --resume (nothing to resume yet) keeps the pipeline's paths: a bare --max-steps is an ad-hoc run in runs/
+    _train(root, "train.distributed.strategy=zero3", extra=("--nproc", "2", "--resume", "--max-steps", "2"))
     assert (root / "checkpoints" / "train" / "latest").read_text().strip() == "step-000002"
     assert json.loads((root / "models" / "trained" / "bridgerl_train.json").read_text())["steps"] == 2
     _train(root, "train.distributed.strategy=zero3", extra=("--nproc", "2", "--resume"))

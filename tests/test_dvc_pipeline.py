@@ -165,6 +165,59 @@ def test_push_pull_local_remote(repo, tmp_path):
     assert (repo / "data/prepared/rl_train.jsonl").exists() and (repo / "data/demos/demos.jsonl").exists()
 
 
+def test_readme_recovery_recipe_after_dvc_is_killed_during_training(repo):
+    """Kill `dvc repro` during training: its `bridgerl train` child stops too (instead of running on
+    unseen); then the README's recovery commands, run as written, finish the pipeline."""
+    import re
+    import signal
+    import time
+
+    from bridgerl import locks
+
+    (repo / "params.yaml").write_text(yaml.safe_dump(fast_params(["train.steps=40", "train.save_every=1"]),
+                                                     sort_keys=False))
+    env = {**os.environ, **GIT_ENV, "PYTHONPATH": str(REPO / "src")}
+    with open(repo.parent / "killed-repro.log", "w") as log:
+        dvc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    lock = locks.lock_path(repo / "models" / "trained")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and len(list((repo / "checkpoints" / "train").glob("step-*"))) < 2:
+        assert dvc.poll() is None, (repo.parent / "killed-repro.log").read_text()[-3000:]
+        time.sleep(0.2)
+    train_pid = int(lock.read_text().split()[1])
+    os.kill(dvc.pid, signal.SIGKILL)  # the dvc process only, as a closed terminal or an OOM kill would
+    dvc.wait()
+    def running(pid: int) -> bool:  # (an exited child of the killed dvc may stay a zombie: not running)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and running(train_pid):
+        time.sleep(0.2)
+    stopped = not running(train_pid)
+    if not stopped:
+        os.killpg(dvc.pid, signal.SIGKILL)
+    assert stopped, "bridgerl train kept running after dvc was killed"
+
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"If a `dvc repro` is stopped during training.*?```bash\n(.*?)```", readme, re.S).group(1)
+    commands = [line.split("#")[0].strip() for line in block.splitlines() if line.split("#")[0].strip()]
+    assert commands[0].startswith("bridgerl train --resume") and commands[1] == "dvc commit -f train"
+    outputs = [subprocess.run(c, shell=True, cwd=repo, env=env, capture_output=True, text=True, timeout=900,
+                              stdin=subprocess.DEVNULL) for c in commands]
+    for c, p in zip(commands, outputs):
+        assert p.returncode == 0, f"{c}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    assert "resumed from step" in outputs[0].stderr
+    import json
+
+    assert json.loads((repo / "metrics/train.json").read_text())["steps"] == 40
+    assert status_stages(sh(["dvc", "status"], repo).stdout) <= {"resolve-config"}  # always runs
+
+
 def test_local_data_file_is_a_dependency_of_prepare(tmp_path):
     """A changed local file named in data.rl_sources shows prepare changed and reruns it (only it)."""
     src = tmp_path / "repo" / "mydata" / "mine.jsonl"

@@ -30,13 +30,13 @@ def test_gold_answers_boxed_score_100_percent(tmp_path, name):
                          [{"id": r["id"], "output": f"Reasoning... so the answer is $\\boxed{{{r['answer']}}}$."}
                           for r in rows])
     cfg = make_cfg(tmp_path)
-    summary = evaluate.score_predictions(cfg, str(preds), name, str(BENCH / f"{name}.jsonl"))
+    summary = evaluate.score_predictions(cfg, str(preds), name, str(BENCH / f"{name}.jsonl"), out=tmp_path / "scored")
     m = summary["benchmarks"][name]
     assert m["n"] == len(rows) and m["missing"] == 0
-    assert m["accuracy"] == 1.0, [i["id"] for i in read_jsonl(tmp_path / "eval" / f"{name}.jsonl") if not i["correct"]]
+    assert m["accuracy"] == 1.0, [i["id"] for i in read_jsonl(tmp_path / "scored" / f"{name}.jsonl") if not i["correct"]]
 
 
-def test_predictions_cli_scores_and_writes_same_files_as_evaluation(tmp_path):
+def test_predictions_cli_scores_into_its_own_directory_not_the_pipelines(tmp_path):
     rows = read_jsonl(BENCH / "aime24.jsonl")[:6]
     data = _write_jsonl(tmp_path / "aime_small.jsonl", rows)
     outs = [f"\\boxed{{{r['answer']}}}" if i % 2 == 0 else "\\boxed{-1}" for i, r in enumerate(rows)]
@@ -46,13 +46,17 @@ def test_predictions_cli_scores_and_writes_same_files_as_evaluation(tmp_path):
                 *[a for kv in (["tracking.enabled=false", f"eval.out_dir={tmp_path}/eval",
                                 f"eval.metrics_file={tmp_path}/m/eval.json", f"data.out_dir={tmp_path}/none"])
                   for a in ("-S", kv)], cwd=tmp_path)
-    printed = json.loads(p.stdout.strip().splitlines()[-1])
+    printed = json.loads(p.stdout)  # stdout holds the result and nothing else
     assert printed["accuracy"] == pytest.approx(0.5) and printed["n"] == 6
-    metrics = json.loads((tmp_path / "m" / "eval.json").read_text())
+    assert printed["out"] == "runs/predictions"
+    # the pipeline's evaluation outputs are untouched: `bridgerl register` reads those
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "m").exists()
+    metrics = json.loads((tmp_path / "runs" / "predictions" / "eval.json").read_text())
+    assert metrics["model_sha256"] is None
     assert metrics["avg_accuracy"] == pytest.approx(0.5)
     b = metrics["benchmarks"]["aime24"]
     assert b["truncation_rate"] == 0.0 and b["mean_output_chars"] > 0 and b["mean_output_tokens"] is None
-    items = read_jsonl(tmp_path / "eval" / "aime24.jsonl")
+    items = read_jsonl(tmp_path / "runs" / "predictions" / "aime24.jsonl")
     assert [i["correct"] for i in items] == [True, False] * 3
     assert {"id", "prompt", "output", "extracted", "correct"} <= set(items[0])
     assert items[1]["extracted"] == "-1" and rows[0]["problem"] in items[0]["prompt"]
@@ -68,8 +72,8 @@ def test_predictions_avg_at_k_and_merge(tmp_path):
         {"id": rows[1]["id"], "output": "\\boxed{0.5}", "truncated": True},  # a repeated id adds samples
     ])
     cfg = make_cfg(tmp_path)
-    evaluate.score_predictions(cfg, str(preds), "gsm8k", str(data))
-    s = evaluate.score_predictions(cfg, str(preds), "amc23", str(data), merge=True)
+    evaluate.score_predictions(cfg, str(preds), "gsm8k", str(data), out=tmp_path / "scored")
+    s = evaluate.score_predictions(cfg, str(preds), "amc23", str(data), merge=True, out=tmp_path / "scored")
     assert set(s["benchmarks"]) == {"gsm8k", "amc23"}
     m = s["benchmarks"]["amc23"]
     assert m["accuracy"] == pytest.approx((2 / 4 + 2 / 3) / 2)
@@ -91,8 +95,9 @@ def test_malformed_predictions_name_file_and_line(tmp_path, lines, message):
     preds = tmp_path / "bad_preds.jsonl"
     preds.write_text("\n".join(lines) + ("\n" if lines else ""))
     with pytest.raises(DataError, match=re.escape(str(preds)) + message):
-        evaluate.score_predictions(make_cfg(tmp_path), str(preds), "aime24", str(BENCH / "aime24.jsonl"))
-    assert not (tmp_path / "metrics" / "eval.json").exists()
+        evaluate.score_predictions(make_cfg(tmp_path), str(preds), "aime24", str(BENCH / "aime24.jsonl"),
+                                   out=tmp_path / "scored")
+    assert not (tmp_path / "scored").exists()
 
 
 def test_malformed_predictions_cli_exit_code_and_message(tmp_path):
@@ -110,7 +115,7 @@ def test_predictions_without_data_use_configured_local_source(tmp_path):
     rows = read_jsonl(BENCH / "math500.jsonl")[:3]
     preds = _write_jsonl(tmp_path / "p.jsonl", [{"id": r["id"], "output": f"\\boxed{{{r['answer']}}}"} for r in rows])
     cfg = make_cfg(tmp_path, f"eval.sources={{math500: {{name: math500, kind: local, path: {BENCH}/math500.jsonl}}}}")
-    m = evaluate.score_predictions(cfg, str(preds), "math500")["benchmarks"]["math500"]
+    m = evaluate.score_predictions(cfg, str(preds), "math500", out=tmp_path / "s")["benchmarks"]["math500"]
     assert m["accuracy"] == 1.0 and m["n"] == 3 and m["missing"] == 497
 
 
@@ -125,7 +130,7 @@ def test_hub_style_parquet_with_field_mapping(tmp_path):
                                                 for i, r in enumerate(rows)])
     cfg = make_cfg(tmp_path, f"eval.sources={{olympiadbench: {{path: {tmp_path}/ob.parquet, "
                              "fields: {id: id, problem: question, answer: final_answer}}}")
-    m = evaluate.score_predictions(cfg, str(preds), "olympiadbench")["benchmarks"]["olympiadbench"]
+    m = evaluate.score_predictions(cfg, str(preds), "olympiadbench", out=tmp_path / "s")["benchmarks"]["olympiadbench"]
     assert m["accuracy"] == 1.0 and m["n"] == 4
 
 

@@ -373,6 +373,12 @@ def test_bridge_pipeline_runs_locally(local_kfp):
     stages = {r.data.tags.get("bridgerl.stage"): r.data.tags.get("bridgerl.pipeline_id") for r in runs}
     assert {"train", "evaluate", "register", "pipeline"} <= set(stages)
     assert len({stages[s] for s in ("train", "evaluate", "register")}) == 1
+    # lineage under Kubeflow (no dvc.lock): the version's source run is the train run, data hashes from
+    # the artifacts themselves (bridgerl.lineage)
+    mv = client.get_model_version(reg["name"], reg["version"])
+    [train_run] = [r for r in runs if r.data.tags.get("bridgerl.stage") == "train"]
+    assert mv.run_id == train_run.info.run_id and mv.tags["train_run_id"] == train_run.info.run_id
+    assert len(mv.tags["data.prepared_data"]) == len(mv.tags["data.demos"]) == 64
 
 
 def _has_report_command() -> bool:

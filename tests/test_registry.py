@@ -1,8 +1,11 @@
-"""The MLflow registry against a real `mlflow server` (SQLite backend) on 127.0.0.1.
+"""The MLflow registry on both stores users have: the default local SQLite file (no server; MLflow
+answers alias versions as ints there) and a real `mlflow server` on 127.0.0.1 over REST (strings).
 
-One server per module (started and stopped by the `mlflow_server` fixture). Each test uses its own
-registered model name and registers the tiny project's base model with a hand-written eval metrics
-file, so the promotion gate sees the metric values the test chooses.
+The `server` fixture runs each registry test against both; tests that stop the server use the REST
+one only. One server per module (started and stopped by the `mlflow_server` fixture). Each test uses
+its own registered model name and registers the tiny project's base model with a hand-written eval
+metrics file (recording that model's hash, as `bridgerl evaluate` does), so the promotion gate sees
+the metric values the test chooses.
 """
 
 from __future__ import annotations
@@ -84,12 +87,32 @@ def mlflow_server(tmp_path_factory):
     server.stop()
 
 
+class SqliteStore:
+    """The default store: a SQLite file, no server (`tracking.uri` unset gives the same, in the project)."""
+
+    def __init__(self, root: Path):
+        self.root, self.uri = root, f"sqlite:///{root / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def sqlite_store(tmp_path_factory):
+    return SqliteStore(tmp_path_factory.mktemp("sqlite_store"))
+
+
 @pytest.fixture
-def server(mlflow_server):
+def rest_server(mlflow_server):
     """The module's server, restarted first if an earlier test stopped it."""
     if mlflow_server.proc is None or mlflow_server.proc.poll() is not None:
         mlflow_server.start()
     return mlflow_server
+
+
+@pytest.fixture(params=["sqlite", "rest"])
+def server(request):
+    """Each registry test on both stores."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_store")
+    return request.getfixturevalue("rest_server")
 
 
 def registry_overrides(server: MlflowServer, name: str) -> list[str]:
@@ -98,11 +121,12 @@ def registry_overrides(server: MlflowServer, name: str) -> list[str]:
 
 
 def cfg_with_metric(project: Path, server: MlflowServer, name: str, accuracy: float, *extra: str):
-    """A config for model `name` whose eval metrics file says `accuracy`."""
+    """A config for model `name` whose eval metrics file says `accuracy` (an evaluation of models/base)."""
     cfg = make_cfg(project, *registry_overrides(server, name), *extra)
     path = Path(cfg.eval.metrics_file)
     path.parent.mkdir(parents=True, exist_ok=True)
-    metrics = {"benchmarks": {"synthetic": {"accuracy": accuracy, "n": 24}}, "avg_accuracy": accuracy}
+    metrics = {"benchmarks": {"synthetic": {"accuracy": accuracy, "n": 24}}, "avg_accuracy": accuracy,
+               "model_sha256": register.model_digest(project / "models" / "base")}
     path.write_text(json.dumps(metrics))
     return cfg
 
@@ -110,13 +134,13 @@ def cfg_with_metric(project: Path, server: MlflowServer, name: str, accuracy: fl
 def versions(server: MlflowServer, name: str) -> dict[str, object]:
     from mlflow import MlflowClient
 
-    return {mv.version: mv for mv in MlflowClient(server.uri).search_model_versions(f"name = '{name}'")}
+    return {str(mv.version): mv for mv in MlflowClient(server.uri).search_model_versions(f"name = '{name}'")}
 
 
 def aliases(server: MlflowServer, name: str) -> dict[str, str]:
     from mlflow import MlflowClient
 
-    return dict(MlflowClient(server.uri).get_registered_model(name).aliases)
+    return {a: str(v) for a, v in MlflowClient(server.uri).get_registered_model(name).aliases.items()}
 
 
 @pytest.fixture
@@ -160,6 +184,16 @@ def test_register_logs_model_with_provenance_and_is_idempotent(in_project, serve
     assert again["version"] == res["version"] and again["resumed"]
     assert list(versions(server, "prov")) == [res["version"]], "a rerun registered the same model twice"
 
+    # what `dvc repro` does after a registration: dvc.lock now records register's own output, and the
+    # commit moved on; the model and its evaluation did not change, so neither does the version
+    with open(in_project / "dvc.lock", "a") as f:
+        f.write("  register:\n    cmd: bridgerl register\n    outs:\n    - path: metrics/register.json\n"
+                "      md5: cccc3333\n")
+    monkeypatch.setenv("BRIDGERL_GIT_COMMIT", "4567cdef")
+    third = register.run(cfg, model_dir=str(in_project / "models" / "base"))
+    assert third["version"] == res["version"] and third["resumed"]
+    assert list(versions(server, "prov")) == [res["version"]], "a plain rerun of register added a version"
+
 
 def test_gate_force_rollback_and_serve_champion(in_project, server):
     import mlflow
@@ -170,6 +204,9 @@ def test_gate_force_rollback_and_serve_champion(in_project, server):
     v1 = register.run(cfg1, model_dir=model)
     assert v1["promotion"]["promoted"], "the first passing version becomes champion"
     assert aliases(server, name) == {"challenger": v1["version"], "champion": v1["version"]}
+    again = registry.promote(cfg1, version=v1["version"])
+    assert again["reason"] == "already champion"
+    assert len(registry.history(cfg1)) == 1, "promoting the champion again recorded a spurious event"
 
     cfg2 = cfg_with_metric(in_project, server, name, 0.40)
     v2 = register.run(cfg2, model_dir=model)["version"]
@@ -209,7 +246,8 @@ def test_gate_force_rollback_and_serve_champion(in_project, server):
     assert len(out) == 2 and all(isinstance(t, str) and t.strip() for t in out), out
 
 
-def test_server_stopped_midway_then_rerun_completes(in_project, server):
+def test_server_stopped_midway_then_rerun_completes(in_project, rest_server):
+    server = rest_server
     name = "midway"
     cfg = cfg_with_metric(in_project, server, name, 0.6)
     model = str(in_project / "models" / "base")
@@ -249,6 +287,27 @@ def test_abandoned_pending_version_is_cleaned_up(in_project, server):
     assert res["deleted_stale"] == [stale] and not res["resumed"]
     assert list(versions(server, name)) == [res["version"]]
     assert aliases(server, name) == {"challenger": res["version"]}
+
+
+def test_register_refuses_metrics_not_produced_from_its_model(in_project):
+    """Metrics scored from predictions, or of another model, never get a model registered."""
+    model = in_project / "models" / "base"
+    metrics = in_project / "metrics" / "eval.json"
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    common = [a for o in FAST + path_overrides(in_project) + ["tracking.enabled=true"] for a in ("-S", o)]
+    for content, why in [
+        ({"benchmarks": {"synthetic": {"accuracy": 1.0}}, "avg_accuracy": 1.0, "backend": "predictions",
+          "model_sha256": None}, "scored from predictions"),
+        ({"benchmarks": {"synthetic": {"accuracy": 1.0}}, "avg_accuracy": 1.0, "model": "models/other",
+          "model_sha256": "0" * 64}, "produced from model 'models/other'"),
+    ]:
+        metrics.write_text(json.dumps(content))
+        p = run_cli("register", "--model", str(model), "-P", str(REPO / "params.yaml"), *common, cwd=in_project,
+                    check=False)
+        assert p.returncode == 2, p.stderr
+        (line,) = p.stderr.strip().splitlines()
+        assert f"{metrics}: these metrics are not an evaluation of {model}" in line and why in line
+        assert not (in_project / "mlruns.db").exists() and not (in_project / "metrics" / "register.json").exists()
 
 
 def test_dead_server_gives_clear_error_after_bounded_retries(in_project):
@@ -321,3 +380,26 @@ def test_racing_registrations_leave_challenger_on_one_complete_version(in_projec
     assert {float(vs[r["version"]].tags["metric.avg_accuracy"]) for r in results.values()} == {0.55, 0.65}
     assert len({mv.run_id for mv in vs.values()}) == 2, "both registrations logged into one run"
     assert aliases(server, name)["challenger"] in registered
+
+
+def test_readme_serving_snippet_works_as_written(in_project):
+    """The README's serving snippet, run as written from a project whose default local store holds a
+    champion: it answers, and leaves no stray `mlflow.db` (MLflow 3's own default store)."""
+    import re
+    import subprocess
+
+    snippet = re.search(r"```python\n(import mlflow\n.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    name = re.search(r"models:/([\w-]+)@champion", snippet).group(1)
+    cfg = make_cfg(in_project, "tracking.enabled=true", f"registry.model_name={name}", "registry.auto_promote=true")
+    path = Path(cfg.eval.metrics_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"benchmarks": {"synthetic": {"accuracy": 0.5}}, "avg_accuracy": 0.5,
+                                "model_sha256": register.model_digest(in_project / "models" / "base")}))
+    assert register.run(cfg, model_dir=str(in_project / "models" / "base"))["promotion"]["promoted"]
+    assert Path(cfg.tracking.local_db) == in_project / "mlruns.db"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    p = subprocess.run([sys.executable, "-c", snippet], cwd=in_project, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip().startswith("[") and len(p.stdout.strip()) > 2, p.stdout
+    assert not (in_project / "mlflow.db").exists()

@@ -1,15 +1,24 @@
 """`bridgerl <stage>`: the one entry point both orchestrators (DVC and Kubeflow) call.
 
 Every command reads params.yaml (or --params), an optional --preset, and `-S key=value` overrides,
-validates them into one Config before any work starts, then runs its stage module.
+validates them into one Config before any work starts, then runs its stage module. Before the stage
+writes anything: ad-hoc runs are pointed at their own directory (runs/), the tracking server is
+reached (bounded retries, one-line error), each output is locked against a second bridgerl process,
+and a watch is set to stop the command when whoever started it dies. Stdout carries only the
+command's result (JSON); logs, progress and libraries' chatter go to stderr.
+Exit codes: 0 done, 1 refused (promotion gate, demos generation), 2 bad input or configuration
+(one line naming the file/line/key), 3 tracking server or registry unavailable.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import time
+from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -55,8 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="model name clients send (default: demos.endpoint.model)")
     p.add_argument("--api-key-env", default=None, help="require the key held in this environment variable")
     p = cmd("train", "train with train.method (BRIDGE or a baseline)")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after N iterations (smoke runs)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop after N iterations (a smoke run: in its own runs/ directory unless --resume)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of this run")
+    p.add_argument("--run", default=None, metavar="NAME",
+                   help="an ad-hoc run: model, checkpoints, metrics and curve in runs/NAME/, the pipeline's "
+                        "outputs untouched (default with --max-steps: runs/train-<time>)")
     p.add_argument("--nproc", type=int, default=None, help="spawn torchrun with N processes on this node")
     p = cmd("evaluate", "evaluate a model on eval.benchmarks, or score saved predictions")
     p.add_argument("--model", default=None, help="model directory (default: train.out_dir)")
@@ -66,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="benchmark file (id, problem, answer) for --predictions (default: the prepared copy, "
                         "else the configured source)")
     p.add_argument("--merge", action="store_true",
-                   help="with --predictions: add the benchmark to the existing eval.metrics_file")
+                   help="with --predictions: add the benchmark to the existing OUT/eval.json")
+    p.add_argument("--out", default=None,
+                   help="with --predictions: directory for <benchmark>.jsonl and eval.json (default: runs/predictions; "
+                        "never the pipeline's eval.out_dir, which belongs to the trained model)")
     p = cmd("report", "markdown table + bar chart of eval metrics across models/methods")
     p.add_argument("--metrics", action="append", required=True, metavar="NAME=PATH",
                    help="a row: its name and an eval metrics JSON (repeatable)")
@@ -80,29 +96,154 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("compare", "train every method on the same data/budget/seeds, evaluate, write a report")
     p.add_argument("--methods", default=None, help="comma-separated subset of methods")
     p.add_argument("--seeds", default=None, help="comma-separated seeds")
-    p.add_argument("--out", default="docs/results", help="report directory")
-    p.add_argument("--report-only", action="store_true", help="re-render the report from OUT/results.json")
+    p.add_argument("--out", default=None,
+                   help="report directory (default: a new runs/compare-<time>; the committed report is docs/results)")
+    p.add_argument("--report-only", action="store_true",
+                   help="re-render the report from OUT/results.json (default OUT: docs/results)")
     return ap
 
 
-def _exit_on_sigterm() -> None:
-    """SIGTERM (a Kubernetes pod stop, `kill`) unwinds like Ctrl-C, so temporary outputs are removed."""
+# commands whose stage logs to MLflow: the tracking server must answer before they start
+TRACKED = {"prepare", "init-model", "build-demos", "train", "evaluate", "register", "promote", "rollback", "compare"}
+RUNS_DIR = Path("runs")  # ad-hoc runs (train --max-steps/--run, compare, evaluate --predictions); git-ignored
+_results = sys.stdout
+
+
+def _emit(obj) -> None:
+    """The command's result on stdout (JSON or one line), nothing else there."""
+    text = obj if isinstance(obj, str) else json.dumps(obj)
+    _results.write(text + "\n")
+    _results.flush()
+
+
+@contextlib.contextmanager
+def _stdout_for_results():
+    """Point file descriptor 1 at stderr for everything (libraries' print()s and loggers bound to
+    sys.stdout, native code, subprocesses) and keep a private handle on the real stdout for `_emit`."""
+    global _results
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    _results = os.fdopen(os.dup(saved), "w")
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        _results.close()
+        _results = sys.stdout
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _exit_on_sigterm(command: str) -> None:
+    """SIGTERM (a Kubernetes pod stop, `kill`, the parent's death) unwinds like Ctrl-C, so temporary
+    outputs are removed and locks released."""
     import signal
 
+    from bridgerl import parent_watch
+
+    ppid = os.getppid()
+
     def handler(signum, frame):
+        if os.getppid() != ppid and not parent_watch.why():
+            print(f"bridgerl {command}: its parent process (pid {ppid}) exited; stopping", file=sys.stderr, flush=True)
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)
 
 
+def _stamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def _place_outputs(args, argv: list[str], cfg):
+    """Ad-hoc commands write to their own directory, never over the pipeline's (DVC's) outputs:
+    `train --max-steps` (not resuming) or `--run NAME` -> runs/NAME/; `compare` -> runs/compare-<time>/
+    unless --out; `evaluate --predictions` -> runs/predictions/ unless --out. Returns (cfg, argv)."""
+    c = args.command
+    if c == "train" and (args.run or (args.max_steps is not None and not args.resume)):
+        if not args.run:
+            args.run = f"train-{_stamp()}"
+            argv = [*argv, "--run", args.run]  # so that torchrun's workers use the same directory
+        root = RUNS_DIR / args.run
+        pipeline_out = cfg.train.out_dir
+        cfg = cfg.model_copy(deep=True)
+        t = cfg.train
+        t.out_dir, t.checkpoint_dir = str(root / "model"), str(root / "checkpoints")
+        t.metrics_file, t.plots_file = str(root / "train.json"), str(root / "curve.csv")
+        if "LOCAL_RANK" not in os.environ:  # once: not again in the torchrun workers it starts
+            print(f"bridgerl train: ad-hoc run {args.run!r}: outputs in {root}/ (the pipeline's {pipeline_out!r} "
+                  f"is untouched; resume with --resume --run {args.run})", file=sys.stderr)
+    elif c == "compare" and args.out is None:
+        args.out = "docs/results" if args.report_only else str(RUNS_DIR / f"compare-{_stamp()}")
+    elif c == "evaluate" and args.predictions and args.out is None:
+        from bridgerl.stages.evaluate import PREDICTIONS_OUT
+
+        args.out = PREDICTIONS_OUT
+    return cfg, argv
+
+
+def _outputs(args, cfg) -> list[str]:
+    """What the command writes (each is locked against a second bridgerl process)."""
+    c = args.command
+    if c == "prepare":
+        return [cfg.data.out_dir]
+    if c == "init-model":
+        return [cfg.model.out_dir]
+    if c == "build-demos":
+        return [cfg.demos.out_dir]
+    if c == "train":
+        return [cfg.train.out_dir, cfg.train.checkpoint_dir]
+    if c == "evaluate":
+        return [args.out] if args.predictions else [cfg.eval.out_dir, cfg.eval.metrics_file]
+    if c == "register":
+        return [cfg.registry.out_file]
+    if c in ("compare", "report"):
+        return [args.out]
+    return []
+
+
+def _check_args(args, cfg) -> None:
+    """Arguments that would otherwise fail deep inside a stage."""
+    from bridgerl.config import METHODS, ConfigError
+    from bridgerl.io import DataError
+
+    c = args.command
+    if c == "compare":
+        if args.seeds:
+            try:
+                args.seeds = [int(x) for x in args.seeds.split(",")]
+            except ValueError:
+                raise ConfigError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
+        if args.methods:
+            args.methods = [m.strip() for m in args.methods.split(",")]
+            bad = [m for m in args.methods if m not in METHODS]
+            if bad:
+                raise ConfigError(f"--methods: unknown method(s) {', '.join(map(repr, bad))} "
+                                  f"(known: {', '.join(METHODS)})")
+        if args.report_only and not (Path(args.out) / "results.json").is_file():
+            raise DataError(f"{Path(args.out) / 'results.json'}: not found; --report-only re-renders an earlier "
+                            f"`bridgerl compare --out {args.out}`, run that first")
+    if c == "train":
+        from bridgerl.stages import train_preflight
+
+        train_preflight.check(cfg, resume=args.resume)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    _exit_on_sigterm()
     if args.command == "generate":
         from bridgerl import generate
 
         return generate.main(args.root, check=args.check)
+    _exit_on_sigterm(args.command)
+    from bridgerl import parent_watch, quiet
+
+    quiet.install()
+    if args.command != "config":
+        parent_watch.install(args.command)
+    from bridgerl import locks, registry, tracking
     from bridgerl.config import ConfigError, check_paths, load_config
     from bridgerl.io import DataError
 
@@ -117,16 +258,26 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(str(e.args[0])) from None
         cfg = load_config(args.params, overrides, args.preset)
         check_paths(cfg)
-        if args.command == "train":  # --nproc / a Kubeflow pod: re-run this command under torchrun
-            from bridgerl.train import distributed
+        cfg, argv = _place_outputs(args, argv, cfg)
+        _check_args(args, cfg)
+        if args.command in TRACKED:
+            registry.ensure_reachable(cfg)
+            tracking.init_local_store(cfg)
+        with locks.hold(_outputs(args, cfg), args.command):
+            if args.command == "train":  # --nproc / a Kubeflow pod: re-run this command under torchrun
+                from bridgerl.train import distributed
 
-            prefix = distributed.spawn_command(cfg, args.nproc)
-            if prefix is not None:
-                return distributed.spawn(prefix, argv)
-        return _dispatch(args, cfg)
+                prefix = distributed.spawn_command(cfg, args.nproc)
+                if prefix is not None:
+                    return distributed.spawn(prefix, argv)
+            with _stdout_for_results():
+                return _dispatch(args, cfg)
     except (ConfigError, DataError) as e:
         print(f"bridgerl {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except registry.RegistryUnavailable as e:
+        print(f"bridgerl {args.command}: error: {e}", file=sys.stderr)
+        return 3
 
 
 def _dispatch(args, cfg) -> int:
@@ -136,27 +287,27 @@ def _dispatch(args, cfg) -> int:
     if c == "config":
         import yaml
 
-        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        _emit(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         return 0
     if c == "resolve-config":
         from bridgerl.stages import resolve_config
 
-        print(json.dumps(resolve_config.run(cfg, args.out or resolve_config.RESOLVED_DIR, tasks=args.tasks)))
+        _emit(resolve_config.run(cfg, args.out or resolve_config.RESOLVED_DIR, tasks=args.tasks))
         return 0
     if c == "prepare":
         from bridgerl.stages import prepare
 
         card = prepare.run(cfg)
-        print(json.dumps(card["rl"]["steps"]))
+        _emit(card["rl"]["steps"])
     elif c == "init-model":
         from bridgerl.stages import init_model
 
-        print(json.dumps(init_model.run(cfg)))
+        _emit(init_model.run(cfg))
     elif c == "build-demos":
         from bridgerl.stages import build_demos
 
         try:
-            print(json.dumps(build_demos.run(cfg)["counts"]))
+            _emit(build_demos.run(cfg)["counts"])
         except build_demos.GenerationFailed as e:
             print(f"bridgerl build-demos: error: {e}", file=sys.stderr)
             return 1
@@ -181,41 +332,40 @@ def _dispatch(args, cfg) -> int:
 
         final = train.run(cfg, max_steps=args.max_steps, resume=args.resume)
         if detect().is_main:
-            print(json.dumps(final))
+            _emit(final)
     elif c == "evaluate":
         from bridgerl.stages import evaluate
 
         if args.predictions:
             if not args.benchmark:
                 raise ConfigError("evaluate --predictions needs --benchmark NAME")
-            summary = evaluate.score_predictions(cfg, args.predictions, args.benchmark, args.data, args.merge)
+            summary = evaluate.score_predictions(cfg, args.predictions, args.benchmark, args.data, args.merge,
+                                                 out=args.out)
             m = summary["benchmarks"][args.benchmark]
-            print(json.dumps({"benchmark": args.benchmark, "accuracy": m["accuracy"], "n": m["n"],
-                              "missing": m["missing"]}))
+            _emit({"benchmark": args.benchmark, "accuracy": m["accuracy"], "n": m["n"], "missing": m["missing"],
+                   "out": summary["out"]})
         else:
-            if args.benchmark or args.data or args.merge:
-                raise ConfigError("--benchmark/--data/--merge go with --predictions; "
+            if args.benchmark or args.data or args.merge or args.out:
+                raise ConfigError("--benchmark/--data/--merge/--out go with --predictions; "
                                   "to evaluate a model on other benchmarks use -S eval.benchmarks=[...]")
-            print(json.dumps(evaluate.run(cfg, model_dir=args.model)["avg_accuracy"]))
+            _emit(evaluate.run(cfg, model_dir=args.model)["avg_accuracy"])
     elif c == "report":
         from pathlib import Path
 
         from bridgerl.evaluation.report import parse_named, report_from_files
 
         paths = report_from_files(parse_named(args.metrics), Path(args.out))
-        print(json.dumps({k: str(v) for k, v in paths.items()}))
+        _emit({k: str(v) for k, v in paths.items()})
     elif c in ("register", "promote", "rollback"):
         return _registry_command(args, cfg)
     elif c == "compare":
         from bridgerl.stages import compare
 
-        methods = args.methods.split(",") if args.methods else None
-        seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
         if args.report_only:
             compare.rerender(cfg, args.out)
         else:
-            compare.run(cfg, methods=methods, seeds=seeds, out=args.out)
-        print(f"report: {args.out}/report.md")
+            compare.run(cfg, methods=args.methods or None, seeds=args.seeds or None, out=args.out)
+        _emit(f"report: {args.out}/report.md")
     else:
         raise NotImplementedError(c)
     return 0
@@ -236,13 +386,13 @@ def _registry_command(args, cfg) -> int:
         else:
             out = registry.rollback(cfg)
     except registry.PromotionRefused as e:
-        print(json.dumps(e.details))
+        _emit(e.details)
         print(f"bridgerl promote: refused: {e}", file=sys.stderr)
         return 1
     except registry.RegistryError as e:
         print(f"bridgerl {c}: error: {e}", file=sys.stderr)
         return 3
-    print(json.dumps(out))
+    _emit(out)
     return 0
 
 

@@ -49,6 +49,9 @@ class SourceSpec(_Section):
     path: str | None = Field(None, description="hub id (kind=hub) or file path (kind=local)")
     split: str = Field("train", description="dataset split to read")
     subset: str | None = Field(None, description='hub configuration name (e.g. gsm8k "main")')
+    revision: str | None = Field(None, description=(
+        "kind=hub: the dataset repository's revision (a commit sha, or a tag/branch) to load; None loads "
+        "whatever the hub serves today (a warning says so, and the data card records it as unpinned)"))
     fields: FieldMap = Field(default_factory=FieldMap)
     data_source: str = Field("math", description="reward/verifier dispatch tag (see bridgerl.rewards)")
     answer_regex: str | None = Field(None, description=(
@@ -67,9 +70,9 @@ class SyntheticTask(_Section):
     n_train: int = Field(2000, gt=0, description="RL training problems generated")
     n_test: int = Field(200, gt=0, description="held-out test problems (the `synthetic` benchmark)")
     min_ops: int = Field(1, ge=1, description="fewest arithmetic operations in a problem")
-    max_ops: int = Field(3, ge=1, description="most arithmetic operations in a problem")
-    max_start: int = Field(20, ge=1, description="largest starting quantity")
-    max_operand: int = Field(9, ge=1, description="largest operand of an operation")
+    max_ops: int = Field(2, ge=1, description="most arithmetic operations in a problem")
+    max_start: int = Field(9, ge=1, description="largest starting quantity")
+    max_operand: int = Field(5, ge=1, description="largest operand of an operation")
 
     @model_validator(mode="after")
     def _ops(self) -> "SyntheticTask":
@@ -140,7 +143,7 @@ class DemosConfig(_Section):
     max_new_tokens: int = Field(4096, gt=0, description="generation budget per sample")
     samples_per_problem: int = Field(1, ge=1, description=(
         "k: rejection sampling (the embedded teacher always makes 1)"))
-    max_problems: int | None = Field(None, gt=0, description="only the first N problems (of rl_train or the dataset)")
+    max_problems: int | None = Field(64, gt=0, description="only the first N problems (of rl_train or the dataset)")
     # filters
     select: Literal["shortest", "first"] = Field("shortest", description="which verified trace of a problem is kept")
     max_tokens: int = Field(4096, gt=0, description="traces longer than this are dropped")
@@ -177,18 +180,18 @@ class TinyModel(_Section):
     """The embedded default's tiny causal LM, built from a config and briefly pre-trained."""
 
     vocab_size: int = Field(384, ge=64, description="tokenizer vocabulary size of the tiny LM")
-    hidden_size: int = Field(96, gt=0, description="hidden size")
+    hidden_size: int = Field(128, gt=0, description="hidden size")
     intermediate_size: int = Field(256, gt=0, description="MLP size")
     num_layers: int = Field(2, gt=0, description="transformer layers")
     num_heads: int = Field(4, gt=0, description="attention heads (must divide hidden_size)")
     max_position: int = Field(256, gt=0, description="longest sequence")
-    pretrain_steps: int = Field(300, ge=0, description="pre-training steps of the tiny LM (0: none)")
+    pretrain_steps: int = Field(1200, ge=0, description="pre-training steps of the tiny LM (0: none)")
     pretrain_batch: int = Field(32, gt=0, description="pre-training batch size")
     pretrain_lr: float = Field(3e-3, gt=0.0, description="pre-training learning rate")
-    pretrain_examples: int = Field(4000, gt=0, description="pre-training examples generated")
+    pretrain_examples: int = Field(6000, gt=0, description="pre-training examples generated")
     reasoning_fraction: float = Field(0.05, ge=0.0, le=1.0, description=(
         "share of pre-training problems showing the steps"))
-    one_step_fraction: float = Field(0.6, ge=0.0, le=1.0, description=(
+    one_step_fraction: float = Field(0.3, ge=0.0, le=1.0, description=(
         "share of pre-training problems with one operation"))
     arithmetic_fraction: float = Field(0.3, ge=0.0, lt=1.0, description=(
         'share of bare equation chains ("3 + 4 = 7.")'))
@@ -213,7 +216,8 @@ class ModelConfig(_Section):
     revision: str | None = Field(None, description="hub revision (branch, tag or commit) of model.base")
     tiny: TinyModel = Field(default_factory=TinyModel)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description=(
-        "auto: bf16 on GPU, fp32 on CPU"))
+        "auto: init-model keeps the checkpoint's dtype (transformers' dtype=\"auto\"); training and evaluation "
+        "compute in bf16 on GPU, fp32 on CPU"))
     out_dir: str = Field("models/base", description="init-model's output directory (the base model)")
 
 
@@ -288,6 +292,21 @@ class DistributedConfig(_Section):
         return self
 
 
+class RolloutConfig(_Section):
+    """How rollouts are generated (bridgerl.rollout, docs/rollout.md); not yet read by the trainer."""
+
+    backend: Literal["auto", "hf", "vllm"] = Field("auto", description=(
+        "auto: vllm when the package is importable, else hf"))
+    gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0, description="vllm on GPU: its share, next to training")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm on GPU")
+    sleep: bool = Field(True, description=(
+        "vllm on GPU: free its memory between rollout batches (when the installed vllm can)"))
+    kv_cache_gb: float | None = Field(None, gt=0.0, description=(
+        "vllm KV cache size; None: 1 GiB on CPU, on GPU what gpu_memory_utilization leaves"))
+    max_model_len: int | None = Field(None, gt=0, description=(
+        "vllm: longest prompt + response; None: the model's own limit"))
+
+
 class TrainConfig(_Section):
     method: Method = Field(
         "bridge", description="bridge or a baseline: sft, rl_zero, cold_start, alternating, mixed, bridge_frozen_w")
@@ -311,10 +330,11 @@ class TrainConfig(_Section):
     cold_start_sft_steps: int = Field(30, ge=0, description="cold_start: SFT steps before RL")
     sft_max_tokens: int = Field(512, gt=0, description="demonstrations are truncated to this many tokens")
     eval_every: int = Field(10, ge=0, description="held-out accuracy during training (0: off)")
-    eval_items: int = Field(64, ge=1, description="held-out items per evaluation during training")
+    eval_items: int = Field(100, ge=1, description="held-out items per evaluation during training")
     save_every: int = Field(10, ge=1, description="checkpoint every N steps")
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept")
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     out_dir: str = Field("models/trained", description="the trained model (θ with w merged)")
     checkpoint_dir: str = Field("checkpoints/train", description="checkpoints for --resume (not a DVC output)")
     metrics_file: str = Field("metrics/train.json", description="final training metrics (DVC metrics)")
@@ -345,8 +365,10 @@ class EvalConfig(_Section):
     sampling_temperature: float = Field(0.6, gt=0.0, description="for benchmarks with k > 1 (avg@k needs sampling)")
     sampling_top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling for benchmarks with k > 1")
     prompt_template: str = Field(
-        "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}.", description=(
-            "the evaluation (and rollout) prompt; must contain {problem}; literal braces as {{ }}"))
+        "Please reason step by step, and put your final answer within \\boxed{{}}.\n{problem}", description=(
+        "the evaluation (and rollout) prompt; must contain {problem}; literal braces as {{ }}. The default is the tiny "
+        "model's form (the instruction first, as in its worked examples); presets set the usual "
+        "\"{problem}\\n<instruction>\" form"))
     use_chat_template: bool = Field(True, description="through the tokenizer's chat template when it has one")
     verify_timeout_s: float = Field(5.0, gt=0.0, description=(
         "per-item budget of math-verify (guarded worker process)"))
@@ -406,6 +428,10 @@ class RegistryConfig(_Section):
     min_metric: float | None = Field(None, description="never promote below this value (the first champion included)")
     auto_promote: bool = Field(False, description=(
         "the register stage also runs the promotion gate on the new version"))
+    register: Literal["auto"] | bool = Field("auto", description=(
+        "whether `bridgerl register` registers: auto = yes, except inside `dvc exp run` ($DVC_EXP_NAME set), "
+        "where experiments are compared with `dvc exp show` and the registry is left alone; true / false = "
+        "always / never"))
     max_retries: int = Field(4, ge=0, description="retries of each call to a tracking server that is down or slow")
     backoff_s: float = Field(1.0, ge=0.0, description="delay before the first retry; doubles at each retry")
     timeout_s: int = Field(60, ge=1, description="per HTTP request to the tracking server")
@@ -417,8 +443,14 @@ class RegistryConfig(_Section):
 class TrackingConfig(_Section):
     experiment: str = Field("bridgerl", description="MLflow experiment name")
     uri: str | None = Field(None, description="None: $MLFLOW_TRACKING_URI, else a local SQLite store")
-    local_db: str = Field("mlruns.db", description="SQLite file of the local store (when no tracking server is set)")
+    local_db: str = Field("mlruns.db", description=(
+        "SQLite file of the local store (when no tracking server is set); relative: from the project root "
+        "($DVC_ROOT, or where params.yaml/dvc.yaml are)"))
     enabled: bool = Field(True, description="log runs to MLflow")
+    system_metrics: bool = Field(True, description=(
+        "CPU/GPU utilisation and memory of the train run (MLflow system metrics; psutil, GPUs through nvidia-ml-py "
+        "when installed)"))
+    system_metrics_interval_s: float = Field(10.0, gt=0.0, description="seconds between system metrics samples")
 
 
 class Config(_Section):
@@ -540,9 +572,48 @@ def resolve_preset(name: str) -> Path:
     raise ConfigError(f"preset = {name!r}: no such preset (known: {', '.join(known)})")
 
 
+def _get(d: Any, path: list[str]) -> Any:
+    for part in path:
+        if not isinstance(d, dict) or part not in d:
+            return _MISSING
+        d = d[part]
+    return d
+
+
+_MISSING = object()
+
+
+def user_written(params: dict) -> list[list[str]]:
+    """The keys of a params file that the user set: leaves whose value differs from the default.
+
+    params.yaml states every default (tests keep the shipped file equal to the schema defaults), so
+    a leaf equal to its default says nothing and a preset may replace it; a leaf with any other
+    value (edited by hand, by `dvc exp run -S`, in the Kubeflow UI's params text) is the user's.
+    Values are compared after validation (`1e-6` and `0.000001` are the same number).
+    """
+    defaults = Config().model_dump(mode="json")
+    try:
+        validated: dict = Config.model_validate({k: v for k, v in params.items() if k != "preset"}).model_dump(mode="json")
+    except ValidationError:
+        validated = {}  # e.g. a file that is only valid with its preset: compare the raw values
+    out = []
+    for key in flatten({k: v for k, v in params.items() if k != "preset"}):
+        path = key.split(".")
+        value = _get(validated, path)
+        if value is _MISSING:
+            value = _get(params, path)
+        if value != _get(defaults, path):
+            out.append(path)
+    return out
+
+
 def load_config(params: str | Path | None = "params.yaml", overrides: list[str] | tuple[str, ...] = (),
                 preset: str | None = None) -> Config:
-    """params.yaml (if it exists) ← preset (`preset:` key or argument) ← `-S` overrides → Config."""
+    """defaults < preset < what params.yaml sets differently from the defaults < `-S` overrides → Config.
+
+    The preset comes from the `preset:` key of params.yaml, the `preset` argument or a `-S preset=`
+    override (the last one given wins). See `user_written` for which keys of params.yaml count as set.
+    """
     raw: dict = {}
     origin = "defaults"
     if params is not None:
@@ -558,7 +629,10 @@ def load_config(params: str | Path | None = "params.yaml", overrides: list[str] 
             preset = value
     preset = preset or raw.get("preset")
     if preset:
-        raw = deep_merge(raw, read_yaml(resolve_preset(str(preset))))
+        merged = deep_merge(raw, read_yaml(resolve_preset(str(preset))))
+        for path in user_written(raw):  # what the user wrote wins over the preset
+            apply_override(merged, path, copy.deepcopy(_get(raw, path)))
+        raw = merged
         raw["preset"] = str(preset)
     for path, value in parsed:
         apply_override(raw, path, value)

@@ -2,11 +2,14 @@
 
 Every stage writes through these helpers: output goes to a temporary sibling path and is renamed
 into place only when complete, so an interrupted stage never leaves a half-written output behind.
+Outputs get the modes the process's umask gives ordinary files (0644/0755 under the usual 022), not
+the private 0600/0700 of temporary files, so a group sharing a volume can read them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -17,6 +20,24 @@ from typing import Any, Iterable, Iterator
 
 class DataError(ValueError):
     """Bad input data; the message names the file and line."""
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would, briefly, for every thread)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def _publish_mode(path: Path, is_dir: bool) -> None:
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
 
 
 def _tmp_sibling(path: Path, is_dir: bool) -> Path:
@@ -53,6 +74,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _publish_mode(tmp, is_dir=True)
     _replace(tmp, path)
 
 
@@ -69,6 +91,7 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[Any]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _publish_mode(tmp, is_dir=False)
     os.replace(tmp, path)
 
 
@@ -87,14 +110,26 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
     return n
 
 
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file; binary or otherwise undecodable content is a DataError naming file:line."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at "
+                        f"offset {e.start}); is it a binary file?") from None
+
+
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_text(path))
     except FileNotFoundError:
         raise DataError(f"{path}: file not found (did the previous stage run?)") from None
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
 
 
 def iter_jsonl(path: str | Path, what: str = "file") -> Iterator[tuple[int, dict]]:
@@ -102,8 +137,13 @@ def iter_jsonl(path: str | Path, what: str = "file") -> Iterator[tuple[int, dict
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: {what} not found")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                                f"is it a binary file?") from None
             if not line.strip():
                 continue
             try:
@@ -124,3 +164,15 @@ def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict]:
             raise DataError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
         rows.append(row)
     return rows
+
+
+def tree_digest(root: str | Path) -> str:
+    """sha256 over the relative paths and contents of every file under `root` (a model directory)."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for p in sorted(x for x in root.rglob("*") if x.is_file()):
+        h.update(str(p.relative_to(root)).encode() + b"\0")
+        with open(p, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()

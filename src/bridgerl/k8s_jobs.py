@@ -8,6 +8,16 @@ sets). Objects are built from the operators' own API models (`kubeflow-trainer-a
 Inputs/outputs travel through a PVC mounted at the same path in this pod and the job's pods
 (`--stage-in` / `--stage-out`).
 
+Versions: the TrainJob's `runtimePatches` (node selector, tolerations, PVC) need Kubeflow Trainer
+>= v2.2.0, where runtimePatches replaced podTemplateOverrides; the objects are built with
+kubeflow-trainer-api 2.3 (Trainer v2.3 merges patches as strategic merge patches; v2.2 and v2.3
+are not API compatible, so run Trainer v2.3.x). Gang scheduling of multi-node jobs (all nodes start
+together or none does): `--queue NAME` labels the job `kueue.x-k8s.io/queue-name` for Kueue (which
+admits a TrainJob or PyTorchJob as a whole; TrainJob support needs Trainer >= v2.2); `--gang` asks
+the training operator for a pod group of all replicas (PyTorchJob `schedulingPolicy.minAvailable`,
+with its gang scheduler, Volcano or scheduler-plugins); for TrainJob the pod group policy belongs to
+the TrainingRuntime (`podGroupPolicy.coscheduling`, docs/distributed.md), chosen with `--runtime`.
+
     python -m bridgerl.k8s_jobs --api trainer --name run-1 --image IMG --nodes 2 --gpus 8 \
         --pvc bridgerl-checkpoints --mount /mnt/checkpoints -- train -P params.yaml -S ...
 """
@@ -63,6 +73,8 @@ class JobSpec:
     tolerations: list = field(default_factory=list)
     env: dict = field(default_factory=dict)
     runtime: str = RUNTIME
+    queue: str = ""  # Kueue LocalQueue: label kueue.x-k8s.io/queue-name (gang admission by Kueue)
+    gang: bool = False  # PyTorchJob: schedulingPolicy.minAvailable = nodes (the operator's gang scheduler)
 
     def __post_init__(self):
         if self.nodes < 1 or self.gpus < 0:
@@ -103,8 +115,16 @@ def job_name(raw: str) -> str:
     return base
 
 
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+
 def _labels(spec: JobSpec) -> dict:
     return {"app.kubernetes.io/part-of": "bridgerl", "app.kubernetes.io/component": "train"}
+
+
+def _job_labels(spec: JobSpec) -> dict:
+    """Labels of the job object itself (Kueue reads its queue there, not on the pods)."""
+    return {**_labels(spec), **({KUEUE_QUEUE_LABEL: spec.queue} if spec.queue else {})}
 
 
 def build_trainjob(spec: JobSpec) -> dict:
@@ -128,7 +148,7 @@ def build_trainjob(spec: JobSpec) -> dict:
     job = m.TrainerV1alpha1TrainJob(
         api_version=f"{TRAINER['group']}/{TRAINER['version']}", kind=TRAINER["kind"],
         metadata=m.IoK8sApimachineryPkgApisMetaV1ObjectMeta(name=spec.name, namespace=spec.namespace,
-                                                           labels=_labels(spec)),
+                                                           labels=_job_labels(spec)),
         spec=m.TrainerV1alpha1TrainJobSpec(
             runtime_ref=m.TrainerV1alpha1RuntimeRef(api_group=TRAINER["group"], kind="TrainingRuntime",
                                                    name=spec.runtime),
@@ -173,10 +193,12 @@ def build_pytorchjob(spec: JobSpec) -> dict:
                                                         template=pod)
     job = m.KubeflowOrgV1PyTorchJob(
         api_version=f"{PYTORCHJOB['group']}/{PYTORCHJOB['version']}", kind=PYTORCHJOB["kind"],
-        metadata=k.V1ObjectMeta(name=spec.name, namespace=spec.namespace, labels=_labels(spec)),
+        metadata=k.V1ObjectMeta(name=spec.name, namespace=spec.namespace, labels=_job_labels(spec)),
         spec=m.KubeflowOrgV1PyTorchJobSpec(nproc_per_node=str(spec.nproc), pytorch_replica_specs=replicas,
-                                           run_policy=m.KubeflowOrgV1RunPolicy(clean_pod_policy="None",
-                                                                               backoff_limit=2)))
+                                           run_policy=m.KubeflowOrgV1RunPolicy(
+                                               clean_pod_policy="None", backoff_limit=2,
+                                               scheduling_policy=m.KubeflowOrgV1SchedulingPolicy(
+                                                   min_available=spec.nodes) if spec.gang else None)))
     return ApiClient().sanitize_for_serialization(job)
 
 
@@ -329,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--namespace", default=None, help="default: this pod's namespace")
     ap.add_argument("--runtime", default=RUNTIME, help="TrainingRuntime the TrainJob refers to")
+    ap.add_argument("--queue", default="", help="Kueue LocalQueue (label kueue.x-k8s.io/queue-name): gang admission")
+    ap.add_argument("--gang", action="store_true",
+                    help="PyTorchJob: a pod group of all nodes (schedulingPolicy.minAvailable); TrainJob: use a "
+                         "--runtime with podGroupPolicy instead")
     ap.add_argument("--stage-in", action="append", default=[], metavar="SRC=DST", help="copied before the job")
     ap.add_argument("--stage-out", action="append", default=[], metavar="SRC=DST", help="copied after success")
     ap.add_argument("--timeout", type=float, default=None, help="seconds")
@@ -345,12 +371,15 @@ def spec_from_args(a: argparse.Namespace) -> JobSpec:
                    namespace=a.namespace or current_namespace(), gpu_resource=a.gpu_resource, cpu=a.cpu,
                    memory=a.memory, pvc=a.pvc, mount=a.mount, node_selector=json.loads(a.node_selector or "{}"),
                    tolerations=json.loads(a.tolerations or "[]"), env=dict(_pairs(a.env, "--env")),
-                   runtime=a.runtime)
+                   runtime=a.runtime, queue=a.queue, gang=a.gang)
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     spec = spec_from_args(a)
+    if spec.gang and a.api == "trainer":
+        raise SystemExit("--gang: a TrainJob's pod group policy is set on its TrainingRuntime (podGroupPolicy); "
+                         "pass --runtime with one, or --queue for Kueue")
     body = BUILDERS[a.api](spec)
     if a.dry_run:
         print(json.dumps(body, indent=2))

@@ -9,7 +9,8 @@ Owns everything `bridgerl register | promote | rollback` does to the registered 
   names the server and the settings. MLflow's own HTTP retries are switched off meanwhile
   (`http_settings`) so these keys are the whole budget.
 - Registration state. A version is created with all its provenance tags plus
-  `bridgerl.registration_key` (a hash of the model files and the tags) and `bridgerl.state=pending`;
+  `bridgerl.registration_key` (a hash of the model's files and its evaluation metrics: the same
+  model with the same evaluation is the same registration, whatever else changed) and `bridgerl.state=pending`;
   it becomes `complete` only after alias `challenger` points at it. A rerun of the same
   registration finds the pending version by its key and completes it instead of creating another;
   other pending versions older than `registry.pending_grace_s` (abandoned registrations) are deleted.
@@ -186,6 +187,15 @@ def call(cfg: Config, what: str, fn: Callable, *args, **kwargs) -> Any:
     raise AssertionError("unreachable")
 
 
+def ensure_reachable(cfg: Config) -> None:
+    """Fail fast, before a stage writes anything, when the tracking server does not answer: the same
+    bounded retries and one-line error as every registry call. Local stores (sqlite, files) need nothing."""
+    if not cfg.tracking.enabled or not tracking_uri(cfg).startswith(("http://", "https://")):
+        return
+    with http_settings(cfg):
+        call(cfg, "reach the tracking server", client(cfg).search_experiments, max_results=1)
+
+
 def _not_found(e: BaseException) -> bool:
     code = getattr(e.__cause__, "error_code", None) or getattr(e, "error_code", None)
     return code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
@@ -211,9 +221,9 @@ def complete_version(cfg: Config, mlc, mv, tags: dict[str, str]):
     The alias is moved only after the tags are in place, so it always points at a version with its
     full provenance; `complete` comes last, so an interruption anywhere leaves `pending` for a rerun.
     """
-    name, v = mv.name, mv.version
+    name, v = mv.name, str(mv.version)
     for k, val in tags.items():
-        if mv.tags.get(k) != str(val):
+        if k not in mv.tags:
             call(cfg, f"tag version {v} of {name}", mlc.set_model_version_tag, name, v, k, str(val))
     call(cfg, f"set alias {CHALLENGER} on version {v} of {name}", mlc.set_registered_model_alias, name, CHALLENGER, v)
     call(cfg, f"mark version {v} of {name} complete", mlc.set_model_version_tag, name, v, STATE_TAG, COMPLETE)
@@ -229,11 +239,11 @@ def clean_stale(cfg: Config, mlc, keep_version: str) -> list[str]:
     cutoff_ms = (time.time() - cfg.registry.pending_grace_s) * 1000
     deleted = []
     for mv in pending:
-        if mv.version != str(keep_version) and mv.creation_timestamp <= cutoff_ms:
+        if str(mv.version) != str(keep_version) and mv.creation_timestamp <= cutoff_ms:
             log.warning("deleting half-registered version %s of %s (created %s, never completed)", mv.version, name,
                         _iso(mv.creation_timestamp / 1000))
             call(cfg, f"delete half-registered version {mv.version}", mlc.delete_model_version, name, mv.version)
-            deleted.append(mv.version)
+            deleted.append(str(mv.version))
     return deleted
 
 
@@ -242,6 +252,11 @@ def clean_stale(cfg: Config, mlc, keep_version: str) -> list[str]:
 # --------------------------------------------------------------------------------------------
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+
+
+def aliases(rm) -> dict[str, str]:
+    """alias -> version as a string: the SQLite store answers ints, the REST API strings."""
+    return {a: str(v) for a, v in (rm.aliases or {}).items()}
 
 
 def _registered_model(cfg: Config, mlc):
@@ -328,20 +343,21 @@ def promote(cfg: Config, version: str | None = None, force: bool = False, mlc=No
             if CHALLENGER not in rm.aliases:
                 raise RegistryError(f"registered model {name!r} has no alias {CHALLENGER!r}: pass --version or "
                                     f"run `bridgerl register` first")
-            version = rm.aliases[CHALLENGER]
+            version = aliases(rm)[CHALLENGER]
         mv = _version(cfg, mlc, str(version))
+        v = str(mv.version)
         if mv.tags.get(STATE_TAG) == PENDING:
             raise RegistryError(f"version {mv.version} of {name} is half-registered ({STATE_TAG}={PENDING}); "
                                 f"rerun `bridgerl register` to complete it before promoting")
         events = history(cfg, rm=rm)
-        current = rm.aliases.get(CHAMPION)
+        current = aliases(rm).get(CHAMPION)
         value = metric_of(mv, metric)
-        details = {"name": name, "version": mv.version, "metric": metric, "value": value, "margin": r.margin,
+        details = {"name": name, "version": v, "metric": metric, "value": value, "margin": r.margin,
                    "champion_version": current, "champion_value": None, "forced": force, "promoted": False}
-        if current == mv.version:
+        if current == v:
             stack = champion_stack(events)
-            if not stack or stack[-1] != mv.version:  # an earlier promote was cut off before recording
-                _record(cfg, mlc, {"action": "promote", "version": mv.version, "previous": None, "metric": metric,
+            if not stack or stack[-1] != v:  # an earlier promote was cut off before recording
+                _record(cfg, mlc, {"action": "promote", "version": v, "previous": None, "metric": metric,
                                    "value": value, "note": "recorded after an interrupted promotion"})
             return {**details, "champion_value": value, "reason": "already champion"}
         champ = _version(cfg, mlc, current) if current else None
@@ -361,14 +377,14 @@ def promote(cfg: Config, version: str | None = None, force: bool = False, mlc=No
             raise PromotionRefused(f"{reason} (use --force to override)", {**details, "reason": reason})
         call(cfg, f"set alias {CHAMPION} on version {mv.version} of {name}", mlc.set_registered_model_alias, name,
              CHAMPION, mv.version)
-        event = {"action": "promote", "version": mv.version, "previous": current, "metric": metric, "value": value,
+        event = {"action": "promote", "version": v, "previous": current, "metric": metric, "value": value,
                  "champion_value": champ_value, "margin": r.margin, "forced": force}
         if force:
             event["overrode"] = reason or "nothing (the gate passed)"
             call(cfg, f"tag version {mv.version} as force-promoted", mlc.set_model_version_tag, name, mv.version,
                  "bridgerl.forced_promotion", json.dumps({"at": _iso(time.time()), "overrode": event["overrode"]}))
         _record(cfg, mlc, event)
-        now = call(cfg, f"read registered model {name}", mlc.get_registered_model, name).aliases.get(CHAMPION)
+        now = aliases(call(cfg, f"read registered model {name}", mlc.get_registered_model, name)).get(CHAMPION)
         return {**details, "promoted": True, "reason": reason or "passed the gate", "champion": now}
 
 
@@ -378,7 +394,7 @@ def rollback(cfg: Config, mlc=None) -> dict:
     with http_settings(cfg):
         mlc = mlc or client(cfg)
         rm = _registered_model(cfg, mlc)
-        current = rm.aliases.get(CHAMPION)
+        current = aliases(rm).get(CHAMPION)
         stack = champion_stack(history(cfg, rm=rm))
         while stack and stack[-1] == current:
             stack.pop()

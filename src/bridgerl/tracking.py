@@ -1,10 +1,16 @@
 """MLflow tracking for every stage: where the store is, one run per stage grouped under a pipeline run.
 
 No server is needed: unless `tracking.uri` or `$MLFLOW_TRACKING_URI` is set, runs go to a SQLite
-store `mlruns.db` in the working directory (git-ignored). Each stage run is tagged with the git
-commit and the stage name and is nested under a parent run for the pipeline, found by the tag
-`bridgerl.pipeline_id`: `$BRIDGERL_PIPELINE_ID` when an orchestrator sets it (Kubeflow passes its
-run id), else a hash of the git commit and the resolved configuration (one `dvc repro`).
+store `tracking.local_db` (default `mlruns.db`, git-ignored) resolved from the project root, not the
+working directory: `$DVC_ROOT` (DVC sets it to the real repository for `dvc exp run --temp/--queue`,
+which run in a throw-away copy), else the nearest directory above holding dvc.yaml or params.yaml.
+Each stage run is tagged with the git commit and the stage name and is nested under a parent run
+for the pipeline, found by the tag `bridgerl.pipeline_id`: `$BRIDGERL_PIPELINE_ID` when an
+orchestrator sets it (Kubeflow passes its run id), else a hash of the git commit and the resolved
+configuration (one `dvc repro`). The parent run carries the resolved configuration (params and
+`config.json` from the stage that created it, `config/<stage>.json` from each stage) and the hashes
+of the artifacts the stages wrote (bridgerl.lineage); the train run logs MLflow system metrics
+(CPU/GPU, memory) when `tracking.system_metrics` is on.
 """
 
 from __future__ import annotations
@@ -32,13 +38,27 @@ def git_commit() -> str:
         return "unknown"
 
 
+def project_root(start: Path | None = None) -> Path:
+    """$DVC_ROOT, else the nearest directory (from `start`, default the working directory) holding
+    dvc.yaml or params.yaml, else the working directory."""
+    env = os.environ.get("DVC_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / "dvc.yaml").exists() or (d / "params.yaml").exists():
+            return d
+    return here
+
+
 def tracking_uri(cfg: Config) -> str:
     if cfg.tracking.uri:
         return cfg.tracking.uri
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    return f"sqlite:///{Path(cfg.tracking.local_db).resolve()}"
+    db = Path(cfg.tracking.local_db).expanduser()
+    return f"sqlite:///{db if db.is_absolute() else project_root() / db}"
 
 
 def pipeline_id(cfg: Config) -> str:
@@ -48,7 +68,7 @@ def pipeline_id(cfg: Config) -> str:
     return hashlib.sha256(f"{git_commit()}:{cfg.digest()}".encode()).hexdigest()[:16]
 
 
-def _parent_run(client, experiment_id: str, pid: str) -> str:
+def _parent_run(client, experiment_id: str, pid: str, cfg: Config) -> str:
     runs = client.search_runs([experiment_id], filter_string=f"tags.`bridgerl.pipeline_id` = '{pid}' "
                               f"and tags.`bridgerl.stage` = 'pipeline'", max_results=1)
     if runs:
@@ -56,8 +76,16 @@ def _parent_run(client, experiment_id: str, pid: str) -> str:
     run = client.create_run(experiment_id, run_name=f"pipeline-{pid[:8]}",
                             tags={"bridgerl.pipeline_id": pid, "bridgerl.stage": "pipeline",
                                   "mlflow.source.git.commit": git_commit()})
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
+    from mlflow.entities import Param
+
+    rid = run.info.run_id
+    params = [Param(k, ("" if v is None else str(v))[:6000]) for k, v in cfg.flat().items()]
+    for i in range(0, len(params), 100):  # the REST API takes at most 100 params per batch
+        client.log_batch(rid, params=params[i:i + 100])
+    client.log_dict(rid, cfg.model_dump(mode="json"), "config.json")
+    client.set_tag(rid, "bridgerl.config_digest", cfg.digest())
+    client.set_terminated(rid)
+    return rid
 
 
 class _NoRun:
@@ -94,20 +122,65 @@ def _stage_run(cfg: Config, stage: str, run_id: str | None, log_params: bool) ->
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from bridgerl import lineage
+
     exp = mlflow.set_experiment(cfg.tracking.experiment)
     pid = pipeline_id(cfg)
+    client = MlflowClient()
+    system_metrics = stage == "train" and cfg.tracking.system_metrics
+    if system_metrics:
+        mlflow.set_system_metrics_sampling_interval(cfg.tracking.system_metrics_interval_s)
+        mlflow.set_system_metrics_samples_before_logging(1)
+    parent = None
     if run_id is None:
-        parent = _parent_run(MlflowClient(), exp.experiment_id, pid)
+        parent = _parent_run(client, exp.experiment_id, pid, cfg)
         tags = {"bridgerl.stage": stage, "bridgerl.pipeline_id": pid, "mlflow.parentRunId": parent,
                 "mlflow.source.git.commit": git_commit(), "bridgerl.config_digest": cfg.digest()}
         kfp_run = os.environ.get("KFP_RUN_ID")
         if kfp_run:
             tags["kubeflow.run_id"] = kfp_run
-        ctx = mlflow.start_run(run_name=stage, tags=tags)
+        if os.environ.get("DVC_EXP_NAME"):  # `dvc exp run`
+            tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+        client.log_dict(parent, cfg.model_dump(mode="json"), f"config/{stage}.json")
+        ctx = mlflow.start_run(run_name=stage, tags=tags, log_system_metrics=system_metrics or None)
     else:
-        ctx = mlflow.start_run(run_id=run_id)
-    with ctx:
+        ctx = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics or None)
+    with ctx as active:
         if log_params and run_id is None:
             params = {k: ("" if v is None else str(v))[:6000] for k, v in cfg.flat().items()}
             mlflow.log_params(params)
+        if run_id is None:
+            lineage.log_inputs(mlflow, cfg, stage)
         yield mlflow
+        lineage.log_outputs(mlflow, client, cfg, stage,
+                            parent or active.data.tags.get("mlflow.parentRunId"))
+
+
+def init_local_store(cfg: Config) -> None:
+    """Create the local SQLite store (when it is the one in use and does not exist yet) atomically.
+
+    MLflow builds its tables through a series of schema migrations; a process killed between two leaves
+    a database that no later run can open (`table _alembic_tmp_... already exists`). So the store is
+    built under a temporary name and linked into place only when complete (a link, not a rename: a
+    concurrent first run that got there first keeps its database).
+    """
+    uri = tracking_uri(cfg)
+    if not cfg.tracking.enabled or not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):])
+    if path.exists():
+        return
+    from mlflow.tracking._tracking_service.utils import _get_store
+
+    from bridgerl.io import _tmp_sibling
+
+    tmp = _tmp_sibling(path, is_dir=False)
+    try:
+        store = _get_store(store_uri=f"sqlite:///{tmp}")
+        store.engine.dispose()
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)

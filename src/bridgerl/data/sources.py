@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from pathlib import Path
 
 from bridgerl.config import FieldMap, SourceSpec
-from bridgerl.io import DataError, read_jsonl
+from bridgerl.io import DataError, read_json, read_jsonl, read_text
+
+log = logging.getLogger(__name__)
 
 # name → spec. Hub ids and columns as published; `local` copies with fields id/problem/answer work too.
 KNOWN: dict[str, SourceSpec] = {
@@ -64,28 +67,62 @@ def _rows_local(path: Path) -> list[dict]:
     if suf in (".jsonl", ".ndjson"):
         return read_jsonl(path)
     if suf == ".json":
-        data = json.loads(path.read_text())
-        if not isinstance(data, list):
+        data = read_json(path)
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise DataError(f"{path}: expected a JSON list of objects")
         return data
     if suf == ".parquet":
         import pandas as pd
-        return pd.read_parquet(path).to_dict(orient="records")
+        try:
+            return pd.read_parquet(path).to_dict(orient="records")
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a corrupt file
+            raise DataError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from None
     if suf == ".csv":
-        import pandas as pd
-        return pd.read_csv(path).to_dict(orient="records")
+        return _rows_csv(path)
     raise DataError(f"{path}: unsupported file type {suf!r} (use .jsonl, .json, .parquet or .csv)")
+
+
+def _rows_csv(path: Path) -> list[dict]:
+    import csv
+    import io
+
+    text = read_text(path)  # names file:line if it is not UTF-8
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    rows = []
+    try:
+        for r in reader:
+            if None in r or any(v is None for v in r.values()):
+                raise DataError(f"{path}:{reader.line_num}: expected {len(reader.fieldnames)} comma-separated fields "
+                                f"as in the header ({', '.join(reader.fieldnames)})")
+            rows.append(r)
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
+    if reader.fieldnames is None:
+        raise DataError(f"{path}: empty CSV file (expected a header line)")
+    return rows
 
 
 def _rows_hub(spec: SourceSpec) -> list[dict]:
     from datasets import load_dataset
 
+    if not spec.revision:
+        log.warning("source %r: hub dataset %s is not pinned (no `revision`): a change on the hub changes the "
+                    "data without DVC noticing; set revision to a commit sha", spec.name, spec.path)
     try:
-        ds = load_dataset(spec.path, spec.subset, split=spec.split)
+        ds = load_dataset(spec.path, spec.subset, split=spec.split, revision=spec.revision)
     except Exception as e:  # offline, unknown id, …
         raise DataError(f"source {spec.name!r}: could not load hub dataset {spec.path!r} "
-                        f"(subset={spec.subset}, split={spec.split}): {e}") from e
+                        f"(subset={spec.subset}, split={spec.split}, revision={spec.revision}): {e}") from e
     return list(ds)
+
+
+def provenance(spec: SourceSpec, rows: list[dict]) -> dict:
+    """What the data card records of a loaded source: where from, which revision, a hash of the rows."""
+    blob = json.dumps([[r["id"], r["problem"], r["answer"]] for r in rows], ensure_ascii=False).encode()
+    out = {"kind": spec.kind, "path": spec.path, "n": len(rows), "rows_sha256": hashlib.sha256(blob).hexdigest()}
+    if spec.kind == "hub":
+        out.update(subset=spec.subset, split=spec.split, revision=spec.revision, pinned=bool(spec.revision))
+    return out
 
 
 def load_rows(spec: SourceSpec, where: str = "") -> list[dict]:

@@ -60,21 +60,32 @@ class HFBackend:
         self.tokenizer = load_tokenizer(model_dir)
         self.model = load_model(model_dir, resolve_dtype(dtype_name, self.device), device=self.device)
         self.e, self.seed = e, seed
+        self.progress = True  # a progress bar on stderr while generating
 
     def generate(self, prompts: list[str], k: int, temperature: float, top_p: float) -> list[list[Sample]]:
         import torch
 
         from bridgerl.generation import generate
 
+        from tqdm import tqdm
+
         torch.manual_seed(self.seed)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         flat = [prompts[i] for i in order for _ in range(k)]
-        gen = generate(self.model, self.tokenizer, flat, self.e.max_new_tokens, temperature=temperature,
-                       top_p=top_p, batch_size=self.e.batch_size)
+        texts, n_tokens, truncated = [], [], []
+        bs = self.e.batch_size
+        with tqdm(total=len(flat), desc="generate", unit="sample", disable=not self.progress) as bar:
+            for b in range(0, len(flat), bs):  # batch by batch (as generate() would) to show progress
+                gen = generate(self.model, self.tokenizer, flat[b: b + bs], self.e.max_new_tokens,
+                               temperature=temperature, top_p=top_p, batch_size=bs)
+                texts += gen.texts
+                n_tokens += [len(r) for r in gen.response_ids]
+                truncated += gen.truncated
+                bar.update(len(gen.texts))
         out: list[list[Sample]] = [[] for _ in prompts]
         for j, i in enumerate(order):
             for s in range(j * k, (j + 1) * k):
-                out[i].append(Sample(gen.texts[s], len(gen.response_ids[s]), gen.truncated[s]))
+                out[i].append(Sample(texts[s], n_tokens[s], truncated[s]))
         return out
 
 
@@ -92,6 +103,7 @@ class VLLMBackend:
                        gpu_memory_utilization=e.vllm_gpu_memory_utilization,
                        tensor_parallel_size=e.vllm_tensor_parallel_size, max_model_len=e.vllm_max_model_len)
         self.e, self.seed = e, seed
+        self.progress = True
 
     def generate(self, prompts: list[str], k: int, temperature: float, top_p: float) -> list[list[Sample]]:
         from vllm import SamplingParams
@@ -99,7 +111,7 @@ class VLLMBackend:
         params = SamplingParams(n=k, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
                                 max_tokens=self.e.max_new_tokens, seed=self.seed)
         inputs = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
-        results = self.llm.generate(inputs, params, use_tqdm=False)
+        results = self.llm.generate(inputs, params, use_tqdm=self.progress)
         return [[Sample(o.text, len(o.token_ids), o.finish_reason == "length") for o in r.outputs] for r in results]
 
 

@@ -22,7 +22,8 @@ def load_tokenizer(path: str, revision: str | None = None):
     return tok
 
 
-def load_model(path: str, dtype: torch.dtype = torch.float32, revision: str | None = None, device="cpu"):
+def load_model(path: str, dtype: torch.dtype | str = torch.float32, revision: str | None = None, device="cpu"):
+    """dtype "auto": the checkpoint's own dtype (transformers' dtype="auto")."""
     model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=dtype)
     return model.to(device)
 

@@ -1,11 +1,13 @@
 """`bridgerl evaluate`: generate on each configured benchmark, verify answers, write metrics;
-or, with --predictions, score generations made elsewhere without loading a model.
+or, with --predictions, score generations made elsewhere without loading a model (into --out,
+default runs/predictions/, never the pipeline's outputs).
 
 Inputs: train.out_dir (or --model); benchmark rows from data.out_dir/eval/<benchmark>.jsonl, else the
 configured source (see bridgerl.evaluation.benchmarks).
 Outputs: eval.out_dir/<benchmark>.jsonl (per item: id, prompt, output, extracted, answer, correct,
 accuracy), eval.metrics_file: {benchmarks: {name: {accuracy, n, samples, mean_output_tokens,
-mean_output_chars, truncation_rate, no_answer_rate}}, avg_accuracy, ...}; logged to MLflow.
+mean_output_chars, truncation_rate, no_answer_rate}}, avg_accuracy, model_sha256, ...} (register checks
+model_sha256 against the model it registers); logged to MLflow.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from tqdm import tqdm
 
 from bridgerl.config import Config
 from bridgerl.evaluation import backends, benchmarks, predictions, scoring
-from bridgerl.io import DataError, atomic_dir, read_json, write_json, write_jsonl
+from bridgerl.io import DataError, atomic_dir, read_json, tree_digest, write_json, write_jsonl
 from bridgerl.prompts import render_prompt
 from bridgerl.tracking import stage_run
 
@@ -37,13 +39,13 @@ def _summary(results: dict, **extra) -> dict:
     return {"benchmarks": results, "avg_accuracy": avg, **extra}
 
 
-def _log(cfg: Config, summary: dict, out_files: list[Path]) -> None:
+def _log(cfg: Config, summary: dict, out_files: list[Path], metrics_file: str | None = None) -> None:
     with stage_run(cfg, "evaluate") as mlf:
         for name, m in summary["benchmarks"].items():
             mlf.log_metrics({f"{name}_{k}": float(v) for k, v in m.items()
                              if isinstance(v, (int, float)) and not isinstance(v, bool)})
         mlf.log_metric("avg_accuracy", summary["avg_accuracy"])
-        mlf.log_artifact(cfg.eval.metrics_file)
+        mlf.log_artifact(metrics_file or cfg.eval.metrics_file)
         for f in out_files:
             mlf.log_artifact(str(f), artifact_path="eval")
 
@@ -57,6 +59,7 @@ def run(cfg: Config, model_dir: str | None = None, progress: bool = True) -> dic
     data = {name: benchmarks.load(cfg, name) for name in e.benchmarks}  # fail on bad data before loading a model
     backend_name = backends.select_backend(e.backend)
     gen = backends.load_backend(backend_name, str(model_dir), e, cfg.model.dtype, cfg.seed)
+    gen.progress = progress
     results, per_item = {}, {}
     for name in tqdm(e.benchmarks, desc="benchmarks", disable=not progress):
         rows, origin = data[name]
@@ -70,7 +73,8 @@ def run(cfg: Config, model_dir: str | None = None, progress: bool = True) -> dic
         metrics.update(temperature=s["temperature"], top_p=s["top_p"], source=origin)
         results[name], per_item[name] = metrics, items
     summary = _summary(results, model=str(model_dir), backend=backend_name, max_new_tokens=e.max_new_tokens,
-                       config_digest=cfg.digest())
+                       config_digest=cfg.digest(),
+                       model_sha256=tree_digest(model_dir) if Path(model_dir).is_dir() else None)
     with atomic_dir(e.out_dir) as tmp:
         for name, items in per_item.items():
             write_jsonl(tmp / f"{name}.jsonl", items)
@@ -79,12 +83,17 @@ def run(cfg: Config, model_dir: str | None = None, progress: bool = True) -> dic
     return summary
 
 
-def score_predictions(cfg: Config, predictions_file: str, benchmark: str, data: str | None = None,
-                      merge: bool = False) -> dict:
-    """Score a JSONL of {id, output} for one benchmark (no model); same output files as `run`.
+PREDICTIONS_OUT = "runs/predictions"
 
-    Items of the benchmark without a prediction are left out of the accuracy and counted in
-    `missing`. With merge, the benchmark is added to an existing eval.metrics_file.
+
+def score_predictions(cfg: Config, predictions_file: str, benchmark: str, data: str | None = None,
+                      merge: bool = False, out: str | Path = PREDICTIONS_OUT) -> dict:
+    """Score a JSONL of {id, output} for one benchmark (no model): out/<benchmark>.jsonl and out/eval.json.
+
+    Never the pipeline's eval.out_dir / eval.metrics_file: those belong to the model in train.out_dir,
+    and `bridgerl register` would take these scores for its. Items of the benchmark without a
+    prediction are left out of the accuracy and counted in `missing`. With merge, the benchmark is
+    added to an existing out/eval.json.
     """
     e = cfg.eval
     rows, origin = benchmarks.load(cfg, benchmark, data)
@@ -99,14 +108,16 @@ def score_predictions(cfg: Config, predictions_file: str, benchmark: str, data: 
     if metrics["missing"]:
         print(f"bridgerl evaluate: warning: {metrics['missing']} of {len(rows)} items of {benchmark!r} have no "
               f"prediction in {predictions_file}; accuracy is over the {len(scored)} predicted", file=sys.stderr)
+    out = Path(out)
+    metrics_file = out / "eval.json"
     results = {benchmark: metrics}
-    if merge and Path(e.metrics_file).exists():
-        old = read_json(e.metrics_file)
+    if merge and metrics_file.exists():
+        old = read_json(metrics_file)
         results = {**old.get("benchmarks", {}), benchmark: metrics}
-    summary = _summary(results, model=None, backend="predictions", config_digest=cfg.digest())
-    Path(e.out_dir).mkdir(parents=True, exist_ok=True)
-    out_file = Path(e.out_dir) / f"{benchmark}.jsonl"
+    summary = _summary(results, model=None, backend="predictions", config_digest=cfg.digest(), model_sha256=None)
+    out.mkdir(parents=True, exist_ok=True)
+    out_file = out / f"{benchmark}.jsonl"
     write_jsonl(out_file, items)
-    write_json(e.metrics_file, summary)
-    _log(cfg, summary, [out_file])
-    return summary
+    write_json(metrics_file, summary)
+    _log(cfg, summary, [out_file], str(metrics_file))
+    return {**summary, "out": str(out)}

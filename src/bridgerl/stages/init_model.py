@@ -26,10 +26,13 @@ def run(cfg: Config) -> dict:
             from bridgerl.model.loading import load_model, load_tokenizer, resolve_dtype
 
             tok = load_tokenizer(cfg.model.base, cfg.model.revision)
-            model = load_model(cfg.model.base, resolve_dtype(cfg.model.dtype), cfg.model.revision)
+            # auto keeps the checkpoint's own dtype on disk (transformers' dtype="auto": a bf16 hub model
+            # stays bf16, not twice its size in fp32); the compute dtype is chosen where the model runs
+            dtype = "auto" if cfg.model.dtype == "auto" else resolve_dtype(cfg.model.dtype)
+            model = load_model(cfg.model.base, dtype, cfg.model.revision)
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-            info = {"params": sum(p.numel() for p in model.parameters())}
+            info = {"params": sum(p.numel() for p in model.parameters()), "dtype": str(model.dtype).replace("torch.", "")}
         info.update(base=cfg.model.base, revision=cfg.model.revision)
         write_json(tmp / "bridgerl_base.json", info)
     with stage_run(cfg, "init-model") as mlf:

@@ -30,16 +30,17 @@ def _synthetic_rows(cfg: Config, n: int, seed: int, prefix: str) -> list[dict]:
             for p in synthetic.generate(n, seed, t.min_ops, t.max_ops, t.max_start, t.max_operand, prefix)]
 
 
-def _rl_rows(cfg: Config) -> tuple[list[dict], dict]:
-    rows, counts = [], {}
+def _rl_rows(cfg: Config) -> tuple[list[dict], dict, dict]:
+    rows, counts, origins = [], {}, {}
     for i, spec in enumerate(tqdm(cfg.data.rl_sources, desc="load RL sources")):
         if spec.kind == "embedded":
             got = _synthetic_rows(cfg, cfg.data.synthetic.n_train, cfg.seed, "train")
         else:
             got = sources.load_rows(spec, where=f"data.rl_sources.{i}")
         counts[spec.name] = len(got)
+        origins[spec.name] = sources.provenance(spec, got)
         rows.extend(got)
-    return rows, counts
+    return rows, counts, origins
 
 
 def _eval_rows(cfg: Config, name: str) -> list[dict]:
@@ -75,7 +76,11 @@ def _card_md(card: dict) -> str:
              "| step | count |", "|---|---|"]
     for k, v in card["rl"]["steps"].items():
         lines.append(f"| {k} | {v} |")
-    lines += ["", f"Sources: {card['rl']['sources']}", "", "## Evaluation sets", "", "| benchmark | items | duplicates dropped |",
+    lines += ["", f"Sources: {card['rl']['sources']}", ""]
+    for name, o in card["rl"].get("provenance", {}).items():
+        rev = f", revision `{o['revision']}`" if o.get("revision") else (", **unpinned**" if o["kind"] == "hub" else "")
+        lines.append(f"- {name}: {o['kind']} `{o['path']}`{rev}, rows sha256 `{o['rows_sha256'][:16]}`")
+    lines += ["", "## Evaluation sets", "", "| benchmark | items | duplicates dropped |",
               "|---|---|---|"]
     for k, v in card["eval"].items():
         lines.append(f"| {k} | {v['n']} | {v['duplicates_dropped']} |")
@@ -84,7 +89,7 @@ def _card_md(card: dict) -> str:
 
 def run(cfg: Config) -> dict:
     out_dir = Path(cfg.data.out_dir)
-    rl, per_source = _rl_rows(cfg)
+    rl, per_source, origins = _rl_rows(cfg)
     steps = {"loaded": len(rl)}
     rl, dup = _dedup(rl)
     steps["after_dedup"] = len(rl)
@@ -93,6 +98,9 @@ def run(cfg: Config) -> dict:
         rows, d = _dedup(_eval_rows(cfg, name))
         eval_sets[name] = rows
         eval_card[name] = {"n": len(rows), "duplicates_dropped": d, "problem_chars": _length_stats(rows)}
+        spec = sources.resolve(name, cfg.eval.sources)
+        if spec.kind != "embedded":
+            eval_card[name]["provenance"] = sources.provenance(spec, rows)
         eval_keys |= {sources.normalize(r["problem"]) for r in rows}
     rl = [r for r in rl if sources.normalize(r["problem"]) not in eval_keys]
     steps["after_decontamination"] = len(rl)
@@ -108,7 +116,7 @@ def run(cfg: Config) -> dict:
     steps.update(train=len(train), val=len(val))
     card = {
         "config_digest": cfg.digest(),
-        "rl": {"sources": per_source, "steps": steps, "duplicates_dropped": dup,
+        "rl": {"sources": per_source, "provenance": origins, "steps": steps, "duplicates_dropped": dup,
                "data_sources": dict(Counter(r["data_source"] for r in train)), "problem_chars": _length_stats(train)},
         "eval": eval_card,
     }

@@ -1,6 +1,7 @@
 """`bridgerl register`: log the trained model to MLflow, register it, point alias `challenger` at it.
 
-Inputs: train.out_dir (or --model), eval.metrics_file, dvc.lock in the working directory (provenance,
+Inputs: train.out_dir (or --model), eval.metrics_file (it must record this model's sha256: metrics of
+another model or of scored predictions are refused), dvc.lock in the working directory (provenance,
 when present). Output: registry.out_file {name, version, run_id, model_uri, key, aliases, metric, ...}.
 
 The model is logged with the MLflow transformers flavor (text-generation; signature with the
@@ -10,6 +11,14 @@ hashes, a hash of the resolved params, method, base model, every evaluation metr
 (`metric.<key>`), the Kubeflow run id under Kubeflow. Registration is resumable: see
 bridgerl.registry (a rerun completes a version left pending, it never registers the same model
 twice). With registry.auto_promote the promotion gate runs right after.
+
+Lineage: the model is logged as an output of the run that trained it (found by the trained model's
+sha256, which the train run records; bridgerl.lineage) and the version's source run is that train
+run; the register run takes the model as an input. The version also carries the hashes of the data
+and base model the train run read (`data.<key>` tags, from the artifacts themselves, so also under
+Kubeflow), and a description (a short model card); the registered model gets a description once.
+Without a train run in the tracking store (tracking was off, or `--model` elsewhere) the register
+run is the source run, as before, with a warning.
 """
 
 from __future__ import annotations
@@ -23,9 +32,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-from bridgerl import registry
+from bridgerl import lineage, registry
 from bridgerl.config import Config, ConfigError
-from bridgerl.io import DataError, read_json, write_json
+from bridgerl.io import DataError, read_json, tree_digest, write_json
 from bridgerl.tracking import git_commit, stage_run, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -48,6 +57,8 @@ def dvc_hashes(lock: Path = Path("dvc.lock")) -> dict[str, str]:
         raise DataError(f"{lock}: not valid YAML: {e}") from None
     out = {}
     for stage, spec in (data.get("stages") or {}).items():
+        if stage == "register":  # our own previous output: not provenance of the model
+            continue
         for o in (spec or {}).get("outs", []) or []:
             if isinstance(o, dict) and "md5" in o:
                 out[f"dvc.{stage}.{o['path']}"] = str(o["md5"])
@@ -77,23 +88,52 @@ def provenance(cfg: Config, metrics: dict[str, float]) -> dict[str, str]:
     return {k: str(v) for k, v in tags.items()}
 
 
-def model_digest(model_dir: Path) -> str:
-    """sha256 over the relative paths and contents of every file of the model directory."""
-    h = hashlib.sha256()
-    for p in sorted(x for x in model_dir.rglob("*") if x.is_file()):
-        h.update(str(p.relative_to(model_dir)).encode() + b"\0")
-        with open(p, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-    return h.hexdigest()
+model_digest = tree_digest  # the model's content hash, also recorded by `bridgerl evaluate`
+
+
+def check_evaluated(cfg: Config, model_dir: Path, digest: str) -> None:
+    """Refuse metrics that were not produced from this model (another model, or scored predictions)."""
+    path = cfg.eval.metrics_file
+    m = read_json(path)
+    got = m.get("model_sha256") if isinstance(m, dict) else None
+    if got != digest:
+        what = (f"they were scored from predictions ({m.get('backend')})" if isinstance(m, dict) and m.get("backend") ==
+                "predictions" else f"they were produced from model {m.get('model')!r} with sha256 {got}" if got
+                else "they record no model hash")
+        raise DataError(f"{path}: these metrics are not an evaluation of {model_dir} (sha256 {digest[:12]}): {what}; "
+                        f"run `bridgerl evaluate --model {model_dir}` first")
+
+
+def model_card(cfg: Config, metrics: dict[str, float], tags: dict[str, str]) -> str:
+    """The version description: method, base model, data, metrics, where it came from."""
+    t, d = cfg.train, cfg.data
+    sources = ", ".join(f"{s.name} ({s.kind}{': ' + s.path if s.path else ''}"
+                        f"{'@' + s.revision if getattr(s, 'revision', None) else ''})" for s in d.rl_sources)
+    lines = [f"**{t.method}** fine-tune of `{cfg.model.base}`"
+             + (f" @ {cfg.model.revision}" if cfg.model.revision else "") + " (bridgerl).",
+             f"- training: {t.epochs} epoch(s)" if t.epochs else f"- training: {t.steps} steps",
+             f"- RL problems: {sources}; demonstrations: {cfg.demos.source}",
+             f"- evaluation: " + ", ".join(f"{k} = {v:.4f}" for k, v in sorted(metrics.items())),
+             f"- config digest `{tags.get('params_hash')}`, git `{tags.get('git_commit', '')[:12]}`"]
+    data = {k: v for k, v in tags.items() if k.startswith(lineage.PARENT_TAG)}
+    if data:
+        lines.append("- data: " + ", ".join(f"{k[len(lineage.PARENT_TAG):]} sha256 {v[:12]}" for k, v in sorted(data.items())))
+    return "\n".join(lines)
+
+
+MODEL_DESCRIPTION = ("Reasoning LLMs fine-tuned by bridgerl (cooperative SFT + RL, BRIDGE and baselines). "
+                     "Each version's description is its model card; tags carry the provenance and `metric.<key>`; "
+                     "alias `challenger` is the latest registration, `champion` the promoted one.")
 
 
 def generation_config(cfg: Config) -> dict:
+    """The served model's generation defaults, also the signature's params: a caller may pass any of
+    them per request (`params={"do_sample": True, "temperature": 0.7, "top_p": 0.95}`). Greedy
+    evaluation (eval.temperature = 0) is served greedy, with the neutral temperature/top_p 1.0."""
     e = cfg.eval
-    gen = {"max_new_tokens": e.max_new_tokens, "do_sample": e.temperature > 0, "return_full_text": False}
-    if e.temperature > 0:
-        gen.update(temperature=e.temperature, top_p=e.top_p)
-    return gen
+    sample = e.temperature > 0
+    return {"max_new_tokens": e.max_new_tokens, "do_sample": sample, "return_full_text": False,
+            "temperature": e.temperature if sample else 1.0, "top_p": e.top_p if sample else 1.0}
 
 
 def prompt_template(cfg: Config, tokenizer) -> str:
@@ -105,13 +145,38 @@ def prompt_template(cfg: Config, tokenizer) -> str:
 
 
 def _requirements() -> list[str]:
-    """Pinned serving requirements (mlflow's inference would also demand torchvision, which we don't use)."""
-    return [f"{p}=={metadata.version(p)}" for p in ("mlflow", "transformers", "tokenizers", "torch", "safetensors")]
+    """Serving requirements any public index resolves: exact pins of the installed versions without
+    local labels (`torch==2.13.0+cpu` → `torch==2.13.0`, which PyPI serves for CPU and CUDA alike).
+    (mlflow's inference would also demand torchvision, which we don't use.)"""
+    from packaging.version import Version
+
+    return [f"{p}=={Version(metadata.version(p)).public}"
+            for p in ("mlflow", "transformers", "tokenizers", "torch", "safetensors")]
 
 
-def _log_and_register(cfg: Config, mlc, model_dir: Path, metrics: dict, tags: dict[str, str], key: str):
-    """One attempt: log the model in the register stage run and create a pending version."""
+def _train_run(cfg: Config, mlc, model_dir: Path, digest: str):
+    exp = mlc.get_experiment_by_name(cfg.tracking.experiment)
+    run = lineage.train_run_for(mlc, [exp.experiment_id], digest) if exp else None
+    if run is None:
+        log.warning("no train run in %s recorded this model (%s); the register run will be the version's source "
+                    "run", tracking_uri(cfg), model_dir)
+    return run
+
+
+def lineage_tags(train_run) -> dict[str, str]:
+    """`data.<key>` version tags: the hashes of what the train run read, and the run itself."""
+    if train_run is None:
+        return {}
+    tags = {lineage.PARENT_TAG + k[len(lineage.INPUT_TAG):]: v for k, v in train_run.data.tags.items()
+            if k.startswith(lineage.INPUT_TAG)}
+    return {**tags, "train_run_id": train_run.info.run_id}
+
+
+def _log_and_register(cfg: Config, mlc, model_dir: Path, metrics: dict, tags: dict[str, str], key: str,
+                      train_run=None):
+    """One attempt: log the model (as an output of its train run when known) and create a pending version."""
     import mlflow
+    from mlflow.entities import LoggedModelInput
     from mlflow.models import infer_signature
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -119,31 +184,62 @@ def _log_and_register(cfg: Config, mlc, model_dir: Path, metrics: dict, tags: di
     with stage_run(cfg, "register") as mlf:
         mlf.log_metrics(metrics)
         mlf.set_tags({"bridgerl.registration_key": key, "bridgerl.model_dir": str(model_dir)})
+        source_run = train_run.info.run_id if train_run is not None else mlf.active_run().info.run_id
         with _LOAD_LOCK:  # transformers' meta-device loading is not thread-safe
-            model = AutoModelForCausalLM.from_pretrained(model_dir)
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
             tok = AutoTokenizer.from_pretrained(model_dir)
         gen = generation_config(cfg)
         info = mlflow.transformers.log_model(
             transformers_model={"model": model, "tokenizer": tok}, name="model", task="text-generation",
             signature=infer_signature([INPUT_EXAMPLE], ["generated text"], params=gen),
             input_example=[INPUT_EXAMPLE], model_config=gen, prompt_template=prompt_template(cfg, tok),
-            pip_requirements=_requirements())
-        return mlflow.register_model(info.model_uri, name, await_registration_for=0,
-                                     tags={**tags, registry.KEY_TAG: key, registry.STATE_TAG: registry.PENDING})
+            pip_requirements=_requirements(), run_id=source_run)
+        mlflow.log_input(model=LoggedModelInput(info.model_id))  # the register run consumed this model
+        try:
+            mlc.create_registered_model(name, description=MODEL_DESCRIPTION)
+        except mlflow.exceptions.MlflowException as e:
+            if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+        return mlc.create_model_version(name, source=info.model_uri, run_id=source_run, model_id=info.model_id,
+                                        description=model_card(cfg, metrics, tags), await_creation_for=0,
+                                        tags={**tags, registry.KEY_TAG: key, registry.STATE_TAG: registry.PENDING})
+
+
+def skip_reason(cfg: Config) -> str | None:
+    """Why this run does not register (registry.register), or None."""
+    mode = cfg.registry.register
+    if mode is False:
+        return "registry.register = false"
+    if mode == "auto" and os.environ.get("DVC_EXP_NAME"):
+        return (f"DVC experiment {os.environ['DVC_EXP_NAME']!r} (registry.register = auto registers from dvc repro, "
+                f"Kubeflow and the command line, not from dvc exp run; -S registry.register=true to register it)")
+    return None
 
 
 def run(cfg: Config, model_dir: str | None = None, on_registered: Callable | None = None) -> dict:
     """Register (or finish registering) the model; `on_registered(version)` runs between creating the
     version and completing it (tests stop the tracking server there)."""
+    skip = skip_reason(cfg)
+    if skip:
+        log.warning("not registering: %s", skip)
+        result = {"name": cfg.registry.model_name, "registered": False, "reason": skip}
+        write_json(cfg.registry.out_file, result)
+        return result
     if not cfg.tracking.enabled:
         raise ConfigError("tracking.enabled = False: `bridgerl register` needs MLflow (set tracking.enabled=true)")
     model_dir = Path(model_dir or cfg.train.out_dir)
     if not (model_dir / "config.json").exists():
         raise DataError(f"{model_dir}: not a model directory (no config.json; did `bridgerl train` run?)")
+    digest = model_digest(model_dir)
+    check_evaluated(cfg, model_dir, digest)
     metrics = eval_metrics(cfg)
-    tags = provenance(cfg, metrics)
-    key = hashlib.sha256(json.dumps({"model": model_digest(model_dir), "tags": tags}, sort_keys=True).encode()
-                         ).hexdigest()[:32]
+    tags = {**provenance(cfg, metrics), "model_sha256": digest}
+    with registry.http_settings(cfg):
+        train_run = registry.call(cfg, "find the train run of this model", _train_run, cfg, registry.client(cfg),
+                                  model_dir, digest)
+    tags.update(lineage_tags(train_run))
+    # same model + same evaluation = same registration (a rerun finds its version, whatever else changed)
+    key = hashlib.sha256(json.dumps({"model": digest, "metrics": metrics}, sort_keys=True).encode()).hexdigest()[:32]
     name = cfg.registry.model_name
     with registry.http_settings(cfg):
         mlc = registry.client(cfg)
@@ -156,20 +252,22 @@ def run(cfg: Config, model_dir: str | None = None, on_registered: Callable | Non
         else:
             mv = registry.call(cfg, f"log and register the model as {name}",
                                lambda: registry.find_version(mlc, name, key)
-                               or _log_and_register(cfg, mlc, model_dir, metrics, tags, key))
+                               or _log_and_register(cfg, mlc, model_dir, metrics, tags, key, train_run))
         if on_registered is not None:
             on_registered(mv)
         mv = registry.complete_version(cfg, mlc, mv, tags)
         deleted = registry.clean_stale(cfg, mlc, mv.version)
         rm = registry.call(cfg, f"read registered model {name}", mlc.get_registered_model, name)
-    result = {"name": name, "version": mv.version, "run_id": mv.run_id, "model_uri": f"models:/{name}/{mv.version}",
+    version = str(mv.version)
+    result = {"name": name, "registered": True, "version": version, "run_id": mv.run_id,
+              "model_uri": f"models:/{name}/{version}",
               "tracking_uri": tracking_uri(cfg), "key": key, "resumed": resumed, "deleted_stale": deleted,
-              "aliases": sorted(a for a, v in rm.aliases.items() if v == mv.version),
-              "challenger": rm.aliases.get(registry.CHALLENGER),
+              "aliases": sorted(a for a, v in registry.aliases(rm).items() if v == version),
+              "challenger": registry.aliases(rm).get(registry.CHALLENGER),
               "metric": {cfg.registry.metric: metrics[cfg.registry.metric]}}
     if cfg.registry.auto_promote:
         try:
-            result["promotion"] = registry.promote(cfg, version=mv.version, mlc=mlc)
+            result["promotion"] = registry.promote(cfg, version=version, mlc=mlc)
         except registry.PromotionRefused as e:
             log.warning("auto-promotion refused: %s", e)
             result["promotion"] = e.details

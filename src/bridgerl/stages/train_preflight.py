@@ -1,0 +1,77 @@
+"""What `bridgerl train` checks before it loads anything, so a mistake is one line, not a traceback.
+
+- the base model directory (model.out_dir) exists: `bridgerl init-model` ran;
+- every module named in train.lora.target_modules exists in that model (matched as peft matches:
+  the full module name or its last dotted parts), found on an empty meta-device copy;
+- train.prompt_batch is not larger than the RL training set (it would silently repeat prompts);
+- with --resume, the newest checkpoint was written by the same configuration.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from bridgerl.config import Config, ConfigError
+from bridgerl.io import DataError, iter_jsonl
+
+
+def _module_names(model_dir: Path) -> list[str]:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    return [n for n, _ in model.named_modules() if n]
+
+
+def check_lora_targets(cfg: Config, model_dir: Path) -> None:
+    from bridgerl.train.models import LORA_METHODS
+
+    targets = cfg.train.lora.target_modules
+    if cfg.train.method not in LORA_METHODS or targets == "all-linear":
+        return
+    names = _module_names(model_dir)
+    if isinstance(targets, str):
+        if not any(re.fullmatch(targets, n) for n in names):
+            raise ConfigError(f"train.lora.target_modules = {targets!r}: matches no module of {model_dir}")
+        return
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in names if not n.rsplit(".", 1)[-1].isdigit()})
+        raise ConfigError(f"train.lora.target_modules: no module named {', '.join(map(repr, missing))} in {model_dir} "
+                          f"(its modules: {', '.join(leaves)})")
+
+
+def check_resume(cfg: Config) -> None:
+    import torch
+
+    from bridgerl.train import checkpoint
+
+    ckpts = checkpoint.list_checkpoints(cfg.train.checkpoint_dir)
+    if not ckpts:
+        return
+    state = torch.load(ckpts[-1] / "state.pt", map_location="cpu", weights_only=False, mmap=True)
+    want = checkpoint.resume_key(cfg)
+    if state.get("resume_key") != want:
+        raise ConfigError(f"train --resume: {ckpts[-1] / 'state.pt'} was written by a different configuration "
+                          f"(resume key {state.get('resume_key')}, now {want}): seed, train.*, model.*, data.* or "
+                          f"demos.* changed since; restore them, or train without --resume to start over")
+
+
+def check(cfg: Config, resume: bool = False) -> None:
+    from bridgerl.train.models import RL_METHODS
+
+    model_dir = Path(cfg.model.out_dir)
+    if not (model_dir / "config.json").is_file():
+        raise DataError(f"model.out_dir = {str(model_dir)!r}: no base model there (no config.json); "
+                        f"run `bridgerl init-model` first")
+    check_lora_targets(cfg, model_dir)
+    if cfg.train.method in RL_METHODS:
+        rl = Path(cfg.data.out_dir) / "rl_train.jsonl"
+        n = sum(1 for _ in iter_jsonl(rl, what="RL training set (run `bridgerl prepare` first)"))
+        if cfg.train.prompt_batch > n:
+            raise ConfigError(f"train.prompt_batch = {cfg.train.prompt_batch} is larger than the RL training set "
+                              f"({n} problems in {rl}): lower it or add data")
+    if resume:
+        check_resume(cfg)

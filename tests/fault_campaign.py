@@ -1,0 +1,231 @@
+"""Fault campaign: SIGKILL pipeline stages at seeded random points, rerun, check nothing was lost.
+
+    python tests/fault_campaign.py --trials 24 --seed 0 [--keep DIR]
+
+Builds the pipeline twice in temporary projects with the tiny (tests/conftest.py FAST) settings and
+the default local MLflow store: once uninterrupted (the reference), once stage by stage with SIGKILLs
+(each stage is killed `trials / 6` times, at a delay drawn uniformly within that stage's reference
+duration, then run to completion: `train` with --resume, as the README's recovery recipe does).
+After every kill and every completion it checks:
+
+- no half-written output: each output of the killed stage is absent or byte-identical to the
+  reference (never partial), and no temporary sibling survives a completed rerun;
+- the completed stage's outputs equal the uninterrupted run's, byte for byte (CPU, seeded);
+- the registry holds exactly one version of the model, complete, with `challenger` on it;
+- the demos journal only grows: every record present after a kill is still there after the rerun.
+
+Stages run as forked children of this process (which imports the libraries once and never computes
+with torch, so forking is safe): what a kill interrupts is the stage's own work, not interpreter
+start-up. Prints one JSON line {trials, failures, ...}; exit 1 if any check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO / "src"))
+os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true",
+                  TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", BRIDGERL_GIT_COMMIT="campaign")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+from conftest import FAST  # noqa: E402 (after the environment above)
+
+STAGES = ["prepare", "init-model", "build-demos", "train", "evaluate", "register"]
+OUTPUTS = {  # relative to the project (params.yaml's own paths)
+    "prepare": ["data/prepared"], "init-model": ["models/base"], "build-demos": ["data/demos"],
+    "train": ["models/trained", "metrics/train.json"], "evaluate": ["eval", "metrics/eval.json"],
+    "register": ["metrics/register.json"],
+}
+# outputs whose content holds wall times or run ids: compared without those fields
+VOLATILE = {"metrics/train.json": ("wall_time_s", "peak_memory_mb", "state_memory_mb"),
+            "metrics/register.json": ("run_id", "tracking_uri", "resumed", "deleted_stale", "promotion")}
+OVERRIDES = [*FAST, "tracking.enabled=true", "train.steps=6", "train.save_every=1", "registry.pending_grace_s=0",
+             "registry.max_retries=2", "registry.backoff_s=0.2"]
+JOURNAL = "data/demos.partial"
+
+
+def _preload() -> None:
+    import mlflow  # noqa: F401
+    import peft  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    from bridgerl import cli  # noqa: F401
+    from bridgerl.stages import build_demos, evaluate, init_model, prepare, register, train  # noqa: F401
+
+
+def _argv(stage: str) -> list[str]:
+    args = [stage, "-P", str(REPO / "params.yaml"), *[a for o in OVERRIDES for a in ("-S", o)]]
+    return args + (["--resume"] if stage == "train" else [])
+
+
+def start(project: Path, stage: str, log: Path) -> int:
+    pid = os.fork()
+    if pid == 0:  # the child: run the stage as `bridgerl <stage>` would, then leave without cleanup
+        rc = 70
+        try:
+            os.chdir(project)
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            from bridgerl import cli
+
+            rc = cli.main(_argv(stage))
+        except BaseException:  # noqa: BLE001 - reported through the exit status and the log
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(rc or 0)
+    return pid
+
+
+def wait(pid: int) -> int:
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def run(project: Path, stage: str, log: Path) -> float:
+    t0 = time.monotonic()
+    rc = wait(start(project, stage, log))
+    if rc != 0:
+        raise RuntimeError(f"{stage} failed ({rc}) in {project}:\n{log.read_text()[-3000:]}")
+    return time.monotonic() - t0
+
+
+def digest(path: Path, rel: str) -> str | None:
+    """Content hash of an output (a file or a whole directory), None when absent."""
+    if not path.exists():
+        return None
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for p in files:
+        data = p.read_bytes()
+        if rel in VOLATILE:
+            obj = json.loads(data)
+            data = json.dumps({k: v for k, v in obj.items() if k not in VOLATILE[rel]}, sort_keys=True).encode()
+        h.update(str(p.relative_to(path) if path.is_dir() else p.name).encode() + b"\0" + data)
+    return h.hexdigest()
+
+
+def leftovers(project: Path) -> list[str]:
+    return sorted(str(p.relative_to(project)) for p in project.rglob("*") if ".tmp-" in p.name or ".old-" in p.name)
+
+
+def registry_state(project: Path) -> dict:
+    db = project / "mlruns.db"
+    if not db.exists():
+        return {"versions": []}
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute("select version from model_versions where current_stage != 'Deleted_Internal'").fetchall()
+        tags = {(v, k): val for v, k, val in con.execute("select version, key, value from model_version_tags")}
+        alias = dict(con.execute("select alias, version from registered_model_aliases").fetchall())
+    finally:
+        con.close()
+    versions = sorted(int(v) for (v,) in rows)
+    return {"versions": versions, "states": [tags.get((v, "bridgerl.state")) for v in versions], "aliases": alias}
+
+
+def journal_records(project: Path) -> set[str]:
+    out = set()
+    for f in (project / JOURNAL).glob("*.jsonl"):
+        for line in f.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line from the kill
+            out.add(json.dumps(r, sort_keys=True))
+    return out
+
+
+def campaign(trials: int, seed: int, root: Path) -> dict:
+    rng = random.Random(seed)
+    ref, work = root / "reference", root / "killed"
+    ref.mkdir()
+    work.mkdir()
+    durations, reference = {}, {}
+    for stage in STAGES:
+        durations[stage] = run(ref, stage, root / "reference.log")
+        for rel in OUTPUTS[stage]:
+            reference[rel] = digest(ref / rel, rel)
+    failures: list[str] = []
+    kills = {s: trials // len(STAGES) + (1 if i < trials % len(STAGES) else 0) for i, s in enumerate(STAGES)}
+    done, log = 0, []
+    for stage in STAGES:
+        for k in range(kills[stage]):
+            delay = rng.uniform(0.0, durations[stage])
+            before_journal = journal_records(work)
+            pid = start(work, stage, root / "killed.log")
+            time.sleep(delay)
+            os.kill(pid, signal.SIGKILL)
+            rc = wait(pid)
+            done += 1
+            log.append([stage, round(delay, 2), rc])
+            where = f"trial {done}: {stage} killed after {delay:.2f}s (rc {rc})"
+            for rel in OUTPUTS[stage]:
+                got = digest(work / rel, rel)
+                if got not in (None, reference[rel]):
+                    failures.append(f"{where}: {rel} is half-written (neither absent nor complete)")
+            after = journal_records(work)
+            if not before_journal <= after:
+                failures.append(f"{where}: the demos journal lost {len(before_journal - after)} record(s)")
+        try:
+            run(work, stage, root / "killed.log")
+        except RuntimeError as e:
+            failures.append(f"{stage}: the rerun after the kills failed: {e}")
+            break
+        for rel in OUTPUTS[stage]:
+            if digest(work / rel, rel) != reference[rel]:
+                failures.append(f"{stage}: after kills and a rerun, {rel} differs from the uninterrupted run's")
+        if leftovers(work):
+            failures.append(f"{stage}: temporary outputs left after the rerun: {leftovers(work)}")
+    reg = registry_state(work)
+    if len(reg["versions"]) != 1 or reg.get("states") != ["complete"] or \
+            str(reg.get("aliases", {}).get("challenger")) != str(reg["versions"][0] if reg["versions"] else None):
+        failures.append(f"registry: expected one complete version with alias challenger, got {reg}")
+    if journal_records(work) != journal_records(ref):
+        failures.append("demos journal: the killed project's journal differs from the uninterrupted one's")
+    return {"trials": done, "interrupted": sum(rc == -signal.SIGKILL for *_, rc in log), "failures": len(failures),
+            "details": failures, "seed": seed, "kills": log,
+            "kills_per_stage": kills, "reference_s": {s: round(d, 2) for s, d in durations.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=24)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", default=None, help="work in this directory and keep it (default: a temporary one)")
+    a = ap.parse_args(argv)
+    _preload()
+    root = Path(a.keep or tempfile.mkdtemp(prefix="bridgerl-faults-"))
+    root.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    try:
+        result = campaign(a.trials, a.seed, root)
+    finally:
+        if not a.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    result["wall_s"] = round(time.monotonic() - t0, 1)
+    print(json.dumps(result))
+    return 1 if result["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
