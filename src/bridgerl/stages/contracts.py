@@ -109,7 +109,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           "log the trained model to MLflow and register a version with alias `challenger` "
           "(and `champion` if `registry.auto_promote` and the gate passes); `dvc.lock`, when present, for "
           "provenance tags",
-          params=("registry", "train.method", "model.base", "model.dtype", "eval.prompt_template",
+          params=("registry", "train.method", "train.steps", "train.epochs", "model.base", "model.revision",
+                  "model.dtype", "data.rl_sources", "demos.source", "eval.prompt_template",
                   "eval.use_chat_template", "eval.max_new_tokens", "eval.temperature", "eval.top_p"),
           inputs=(IO("train.out_dir", "model", "the trained model"),
                   IO("eval.metrics_file", "eval_metrics", "its evaluation")),
@@ -130,6 +131,14 @@ def lookup(tree: dict, key: str) -> Any:
     node: Any = tree
     for part in key.split("."):
         node = node[part]
+    return node
+
+
+def lookup_attr(cfg, key: str) -> Any:
+    """`cfg.a.b` for key `a.b` (reads only that key, unlike a dump of the whole configuration)."""
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
     return node
 
 
