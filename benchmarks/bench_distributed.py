@@ -80,11 +80,12 @@ def worker(args) -> None:
     import torch
 
     from bridgerl.config import load_config
-    from bridgerl.train import distributed as D
+    from bridgerl.train import parallel as D
+    from bridgerl.train.trainer import make_trainer
 
     ov = json.loads(args.overrides)
     cfg = load_config(REPO / "params.yaml", ov)
-    tr = D.make_trainer(cfg)
+    tr = make_trainer(cfg)
     from deepspeed.comm import comm as dscomm
 
     def comm_ms(reset: bool) -> float:  # DeepSpeed's per-op timers (cumulative, in ms)

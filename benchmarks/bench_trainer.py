@@ -35,7 +35,7 @@ def _cfg(root: Path, *over: str):
 
 
 def time_ours(cfg, method: str, steps: int) -> list[float]:
-    from bridgerl.stages.train import make_trainer
+    from bridgerl.train.trainer import make_trainer
 
     c = cfg.model_copy(deep=True)
     c.train.method = method

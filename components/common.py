@@ -53,7 +53,12 @@ def bridgerl_cli(stage: str, config: str, io: dict, sets: list = (), args: list 
     import tempfile
 
     workdir = workdir or tempfile.mkdtemp(prefix=f"bridgerl-{stage}-")
-    os.makedirs(workdir, exist_ok=True)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except PermissionError:  # e.g. checkpoint_root on a volume the image's user (uid 10001) cannot write
+        sys.exit(f"bridgerl {stage}: error: cannot create {workdir}: not writable by uid {os.getuid()} "
+                 f"(gid {os.getgid()}); mount a volume writable by that group there (k8s: fsGroup, "
+                 "k8s/base/checkpoints-init.yaml; docker: install -d -g 10001 -m 2775 DIR)")
     config_file = os.path.join(workdir, "config.json")
     with open(config_file, "w") as f:
         f.write(config)

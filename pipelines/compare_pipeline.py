@@ -29,7 +29,11 @@ from pipelines.bridge_pipeline import (HUB_TOKEN_SECRET, MLFLOW_URI, PARAMS_YAML
 from pipelines.placement import (CHECKPOINT_MOUNT, PLACEMENT, mount_checkpoints, place, use_run_id,  # noqa: E402
                                  use_secrets)
 
-METHODS = ["sft", "rl_zero", "cold_start", "alternating", "mixed", "bridge"]
+if str(ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(ROOT / "src"))
+from bridgerl.train.methods import METHOD_NAMES  # noqa: E402  (the one table of methods)
+
+METHODS = list(METHOD_NAMES)
 PARALLELISM = 3  # training pods of the comparison at once (a compile-time setting of KFP's ParallelFor)
 
 

@@ -1,9 +1,11 @@
-"""Distributed training (train/distributed.py): DeepSpeed config, launcher decisions, sharding, seeded
-rollouts; and, with 2 torchrun processes on the gloo backend, BRIDGE under ZeRO-2 / ZeRO-3 against the
-single-process run, a ZeRO checkpoint resume, and the export."""
+"""Distributed training: DeepSpeed config (train/engines.py), launcher decisions (launch.py), sharding
+(train/parallel.py), seeded rollouts; and, with 2 torchrun processes on the gloo backend, BRIDGE under
+ZeRO-2 / ZeRO-3 against the single-process run (gradient clipping active on both engines), a ZeRO
+checkpoint resume, and the export."""
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
 
@@ -11,8 +13,11 @@ import pytest
 import torch
 from conftest import make_cfg, run_cli
 
+from bridgerl import launch
 from bridgerl.config import ConfigError
-from bridgerl.train import distributed as D
+from bridgerl.train import parallel as P
+from bridgerl.train import seeded_sampling as S
+from bridgerl.train.engines import ds_config
 
 # --------------------------------------------------------------------------------------------
 # fast, in one process
@@ -24,14 +29,14 @@ def test_ds_config_batch_sizes_consistent(tmp_path, world, mini):
     cfg = make_cfg(tmp_path, "train.distributed.strategy=zero3", "train.distributed.offload=true",
                    "train.prompt_batch=8", "train.grpo.group_size=5", f"train.grpo.mini_batches={mini}",
                    "train.max_grad_norm=0.5", "train.distributed.deepspeed={zero_optimization: {reduce_bucket_size: 1000}}")
-    c = D.ds_config(cfg, world, torch.bfloat16)
+    c = ds_config(cfg, world, torch.bfloat16)
     assert c["train_batch_size"] == c["train_micro_batch_size_per_gpu"] * c["gradient_accumulation_steps"] * world
     assert c["train_batch_size"] == 8 * 5 // mini  # sequences per optimizer step, all ranks together
     assert c["bf16"]["enabled"] and not c["fp16"]["enabled"]
     z = c["zero_optimization"]
     assert z["stage"] == 3 and z["offload_optimizer"]["device"] == "cpu" and z["offload_param"]["device"] == "cpu"
     assert z["reduce_bucket_size"] == 1000 and c["gradient_clipping"] == 0.5
-    c32 = D.ds_config(make_cfg(tmp_path, "train.distributed.strategy=zero2"), world, torch.float32)
+    c32 = ds_config(make_cfg(tmp_path, "train.distributed.strategy=zero2"), world, torch.float32)
     assert not c32["bf16"]["enabled"] and "offload_param" not in c32["zero_optimization"]
 
 
@@ -44,35 +49,35 @@ def test_launcher_decisions(tmp_path):
     zero = make_cfg(tmp_path, "train.distributed.strategy=zero2")
     none = make_cfg(tmp_path)
     # --nproc on one node: torchrun --standalone
-    cmd = D.spawn_command(zero, 2, environ={})
+    cmd = launch.spawn_command(zero, 2, environ={})
     assert cmd[1:3] == ["-m", "torch.distributed.run"] and "--standalone" in cmd and "--nproc_per_node=2" in cmd
-    assert D.spawn_command(zero, None, environ={}) is None  # nproc defaults to train.distributed.nproc = 1
+    assert launch.spawn_command(zero, None, environ={}) is None  # nproc defaults to train.distributed.nproc = 1
     with pytest.raises(ConfigError, match="strategy"):
-        D.spawn_command(none, 2, environ={})
+        launch.spawn_command(none, 2, environ={})
     # already a torchrun worker: run, don't spawn
-    assert D.spawn_command(zero, 2, environ={"LOCAL_RANK": "1", "WORLD_SIZE": "2", "RANK": "1"}) is None
+    assert launch.spawn_command(zero, 2, environ={"LOCAL_RANK": "1", "WORLD_SIZE": "2", "RANK": "1"}) is None
     # Kubeflow: torchrun takes nodes/rank/master from PET_*; no --standalone
-    kf = D.spawn_command(zero, None, environ={"PET_NNODES": "2", "PET_NPROC_PER_NODE": "4", "PET_NODE_RANK": "1"})
+    kf = launch.spawn_command(zero, None, environ={"PET_NNODES": "2", "PET_NPROC_PER_NODE": "4", "PET_NODE_RANK": "1"})
     assert kf[1:] == ["-m", "torch.distributed.run"]
     with pytest.raises(ConfigError, match="PET_NNODES"):
-        D.spawn_command(none, None, environ={"PET_NNODES": "2", "PET_NPROC_PER_NODE": "1"})
+        launch.spawn_command(none, None, environ={"PET_NNODES": "2", "PET_NPROC_PER_NODE": "1"})
     # one process per pod (PyTorchJob without torchrun): a worker already
     env = {"WORLD_SIZE": "4", "RANK": "3", "MASTER_ADDR": "x"}
-    assert D.spawn_command(zero, None, environ=env) is None
-    assert D.detect(env) == D.ProcEnv(rank=3, world_size=4, local_rank=0)
-    assert D.detect({}) == D.ProcEnv()
+    assert launch.spawn_command(zero, None, environ=env) is None
+    assert P.detect(env) == P.ProcEnv(rank=3, world_size=4, local_rank=0)
+    assert P.detect({}) == P.ProcEnv()
 
 
 def test_shards_follow_the_minibatches():
     n, world, blocks = 12, 2, 3
-    shards = [D.shard_positions(n, world, r, blocks) for r in range(world)]
+    shards = [P.shard_positions(n, world, r, blocks) for r in range(world)]
     assert sorted(p for s in shards for p in s) == list(range(n))
     for r, s in enumerate(shards):  # rank-local mini-batch k lies inside global mini-batch k
         local_blocks = [s[i * 2:(i + 1) * 2] for i in range(blocks)]
         for k, lb in enumerate(local_blocks):
             assert all(k * 4 <= p < (k + 1) * 4 for p in lb)
     with pytest.raises(ValueError):
-        D.shard_positions(10, 2, 0, 3)
+        P.shard_positions(10, 2, 0, 3)
 
 
 def test_seeded_sampling_does_not_depend_on_the_batch(tiny_project):
@@ -82,16 +87,16 @@ def test_seeded_sampling_does_not_depend_on_the_batch(tiny_project):
     base = tiny_project / "models" / "base"
     tok, model = load_tokenizer(str(base)), load_model(str(base))
     prompts = ["Tom has 3 apples.", "A box holds 12 pens. 5 are taken.", "Start at 7, add 4.", "x"]
-    seeds = D.row_seeds(0, 5, [10, 11, 12, 13])
+    seeds = S.row_seeds(0, 5, [10, 11, 12, 13])
 
     def run(ps, ss):
         return generate(model, tok, ps, 12, temperature=0.0, batch_size=len(ps),
-                        logits_processor=[D.SeededSampling(ss, temperature=1.0)]).response_ids
+                        logits_processor=[S.SeededSampling(ss, temperature=1.0)]).response_ids
 
     together = run(prompts, seeds)
     apart = run(prompts[:2], seeds[:2]) + run(prompts[2:], seeds[2:])
     assert together == apart
-    other = run(prompts, D.row_seeds(0, 6, [10, 11, 12, 13]))
+    other = run(prompts, S.row_seeds(0, 6, [10, 11, 12, 13]))
     assert other != together  # it samples; it is not greedy decoding
     greedy = generate(model, tok, prompts, 12, temperature=0.0, batch_size=4).response_ids
     assert greedy != together
@@ -110,8 +115,9 @@ def test_cli_nproc_needs_a_zero_strategy(tiny_project):
 # --------------------------------------------------------------------------------------------
 # same global batch and seed everywhere; rollouts seeded per (step, prompt, sample) so that they do not
 # depend on the number of processes; kl_coef large so that the shadow and w's shadow term get gradients
-# even when no rollout is rewarded; clipping off (DeepSpeed clips the global norm, one process per group)
-COMMON = ["train.distributed.seeded_rollouts=true", "train.max_grad_norm=null", "train.demo_batch=4",
+# even when no rollout is rewarded; gradient clipping active (the global norm on both engines)
+MAX_GRAD_NORM = 0.1
+COMMON = ["train.distributed.seeded_rollouts=true", f"train.max_grad_norm={MAX_GRAD_NORM}", "train.demo_batch=4",
           "train.prompt_batch=2", "train.steps=3", "train.grpo.kl_coef=0.5", "train.save_every=1",
           "train.keep_checkpoints=2"]
 
@@ -184,6 +190,11 @@ def test_bridge_under_zero_matches_single_process(runs, strategy):
     got = _zero_state(runs[strategy])
     assert _moved(runs["single"], ref) > 1e-4
     _assert_same(ref, got)
+    # clipping was active at every step, and both engines measured the same global norm before clipping
+    norms = {k: [float(r["grad_norm"]) for r in csv.DictReader(open(runs[k] / "plots" / "train_curve.csv"))]
+             for k in ("single", strategy)}
+    assert len(norms["single"]) == 3 and all(n > MAX_GRAD_NORM for n in norms["single"])
+    assert norms[strategy] == pytest.approx(norms["single"], rel=1e-3)
     # the exported models (θ with w merged) agree too, and are plain transformers models
     from transformers import AutoModelForCausalLM
 

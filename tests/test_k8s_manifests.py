@@ -26,7 +26,7 @@ def _checkov() -> Path | None:
         if c and Path(c).exists():
             return Path(c)
     return None
-WORKLOADS = ("Deployment", "StatefulSet")
+WORKLOADS = ("Deployment", "StatefulSet", "Job")
 
 
 def _render(overlay: str) -> list[dict]:
@@ -144,6 +144,33 @@ def test_prod_shares_checkpoints_across_nodes(rendered):
     assert pvcs["bridgerl-checkpoints"]["spec"]["accessModes"] == ["ReadWriteMany"]
     [cm] = [d for d in rendered["prod"] if d["kind"] == "ConfigMap"]
     assert cm["data"]["ARTIFACTS_DESTINATION"].startswith("s3://")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_checkpoint_volume_is_made_writable_for_the_images_user(rendered, overlay):
+    """The pipeline's checkpoint PVC gets group 10001 (the images' USER) through a Job's fsGroup, since
+    Kubeflow gives its task pods none; the TrainJob's pods carry the same fsGroup themselves."""
+    import sys
+
+    sys.path.insert(0, str(REPO))
+    try:
+        from pipelines import bridge_pipeline as bp
+    finally:
+        sys.path.remove(str(REPO))
+    uid = {ln.split()[1] for f in (REPO / "docker").glob("*.Dockerfile") for ln in f.read_text().splitlines()
+           if ln.startswith("USER ")}
+    assert uid == {"10001:10001"}
+    pvc = bp.bridge_pipeline.component_spec.inputs["checkpoint_pvc"].default
+    mounting = []
+    for d, pod in _pod_specs(rendered[overlay]):
+        claims = {v["name"] for v in pod.get("volumes", [])
+                  if v.get("persistentVolumeClaim", {}).get("claimName") == pvc}
+        mounts = [m["mountPath"] for c in pod["containers"] for m in c.get("volumeMounts", []) if m["name"] in claims]
+        if mounts:
+            assert mounts == [bp.CHECKPOINT_MOUNT], d["metadata"]["name"]
+            assert pod["securityContext"]["fsGroup"] == 10001 and pod["securityContext"]["runAsGroup"] == 10001
+            mounting.append(d["kind"])
+    assert sorted(mounting) == ["Job", "TrainingRuntime"]
 
 
 def test_pipeline_defaults_match_the_manifests(rendered):

@@ -311,7 +311,9 @@ def test_compare_fans_out_and_collects(compiled):
     for t in ("train", "evaluate"):
         assert inner[t]["inputs"]["parameters"]["config"]["taskOutputParameter"]["producerTask"] == "resolve-config-2"
     assert tasks["report"]["inputs"]["artifacts"]["metrics"]["taskOutputArtifact"]["producerTask"] == loop_name
-    assert spec["root"]["inputDefinitions"]["parameters"]["methods"]["defaultValue"][-1] == "bridge"
+    from bridgerl.train.methods import METHOD_NAMES  # every method of the one table, bridge_frozen_w included
+
+    assert spec["root"]["inputDefinitions"]["parameters"]["methods"]["defaultValue"] == list(METHOD_NAMES)
     from pipelines.compare_pipeline import PARALLELISM
 
     assert loop["iteratorPolicy"]["parallelismLimit"] == PARALLELISM

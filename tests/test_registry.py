@@ -305,6 +305,7 @@ def test_register_refuses_metrics_not_produced_from_its_model(in_project):
         p = run_cli("register", "--model", str(model), "-P", str(REPO / "params.yaml"), *common, cwd=in_project,
                     check=False)
         assert p.returncode == 2, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
         (line,) = p.stderr.strip().splitlines()
         assert f"{metrics}: these metrics are not an evaluation of {model}" in line and why in line
         assert not (in_project / "mlruns.db").exists() and not (in_project / "metrics" / "register.json").exists()

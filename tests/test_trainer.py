@@ -14,13 +14,16 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, make_cfg, path_overrides, FAST
+from conftest import FAST, REPO, make_cfg, path_overrides
 
 from bridgerl import rewards
 from bridgerl.train.batches import collate
-from bridgerl.train.losses import grpo_loss, group_advantages, sft_objective, token_logprobs
+from bridgerl.train.engines import TorchEngine
+from bridgerl.train.losses import group_advantages, grpo_loss, sft_objective, token_logprobs
 from bridgerl.train.models import build_models
-from bridgerl.train.trainer import Trainer
+from bridgerl.train.parallel import ProcEnv
+from bridgerl.train.trainer import Trainer, make_trainer
+from bridgerl.train.updates import Ctx, bridge_update
 
 
 def _even_length(output: str, answer: str, timeout_s: float = 5.0) -> bool:
@@ -85,15 +88,17 @@ def _random_batches(tok_vocab: int, gen: torch.Generator):
     return rl, sft
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_bridge_update_equals_formulas(tiny_project, seed):
+@pytest.mark.parametrize("seed,temperature", [(0, 1.0), (1, 0.7), (2, 1.3)])
+def test_bridge_update_equals_formulas(tiny_project, seed, temperature):
+    """float64: θ, θ̂ and w after one BRIDGE update equal the spec's three formulas, with the RL terms
+    of softmax(logits / T) at the sampling temperature T."""
     from bridgerl.model.loading import load_model
 
     rng = random.Random(seed)
     lam, alpha, beta = rng.uniform(0.05, 0.95), rng.uniform(1e-3, 1e-1), rng.uniform(1e-3, 1e-1)
     cfg = make_cfg(tiny_project, "train.method=bridge", "train.optimizer=sgd", "train.max_grad_norm=null",
                    f"train.lr_theta={alpha}", f"train.lr_w={beta}", "train.grpo.kl_coef=0.05",
-                   "train.lora.dropout=0.0")
+                   "train.lora.dropout=0.0", f"train.grpo.temperature={temperature}")
     torch.manual_seed(seed)
     base = load_model(str(tiny_project / "models" / "base"), dtype=torch.float64)
     m = build_models(cfg, base)
@@ -104,15 +109,17 @@ def test_bridge_update_equals_formulas(tiny_project, seed):
         for p in m.lora:
             p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
     rl, sft = _random_batches(base.config.vocab_size, gen)
+    T = temperature
     with torch.no_grad():
-        pol_logp = token_logprobs(m.policy, rl.input_ids, rl.attention_mask)[0]
+        pol_logp = token_logprobs(m.policy, rl.input_ids, rl.attention_mask, temperature=T)[0]
         rl.extras["old_logp"] = pol_logp + 0.3 * torch.randn(pol_logp.shape, generator=gen, dtype=pol_logp.dtype)
-        rl.extras["ref_logp"] = token_logprobs(m.ref, rl.input_ids, rl.attention_mask)[0]
+        rl.extras["ref_logp"] = token_logprobs(m.ref, rl.input_ids, rl.attention_mask, temperature=T)[0]
     rl.extras["advantages"] = torch.randn(len(rl), generator=gen, dtype=torch.float64)
     g = cfg.train.grpo
 
-    def j_rl(model):
-        logp = token_logprobs(model, rl.input_ids, rl.attention_mask)[0]
+    def j_rl(model):  # log softmax(logits / T), written out
+        logits = model(input_ids=rl.input_ids, attention_mask=rl.attention_mask).logits[:, :-1] / T
+        logp = torch.log_softmax(logits, -1).gather(-1, rl.input_ids[:, 1:, None]).squeeze(-1)
         return -grpo_loss(logp, rl.extras["old_logp"], rl.extras["advantages"], rl.mask, g.clip_eps,
                           g.clip_eps_high, rl.extras["ref_logp"], g.kl_coef, g.loss_agg).loss
 
@@ -130,8 +137,8 @@ def test_bridge_update_equals_formulas(tiny_project, seed):
     expect_shadow = [p.detach() + alpha * gr for p, gr in zip(m.shadow_theta, g_shadow)]
     expect_w = [p.detach() + beta * (a - lam * b) for p, a, b in zip(m.lora, g_w_lower, g_w_shadow)]
 
-    tr = Trainer(cfg, m, None, [], [], [])  # batches are given directly, no tokenizer needed
-    tr._bridge_update(rl, sft, lam)
+    opt = torch.optim.SGD([g for g in m.param_groups(cfg) if g["params"]], lr=alpha)
+    bridge_update(Ctx(m, TorchEngine(cfg, m, opt, ProcEnv()), cfg), rl, sft, lam)
     for got, exp in ((m.theta, expect_theta), (m.shadow_theta, expect_shadow), (m.lora, expect_w)):
         for p, e in zip(got, exp):
             torch.testing.assert_close(p.detach(), e, rtol=1e-10, atol=1e-12)
@@ -161,8 +168,6 @@ METHOD_STEPS = {"sft": 3, "rl_zero": 3, "cold_start": 2, "alternating": 2, "mixe
 
 @pytest.mark.parametrize("method", list(METHOD_STEPS))
 def test_method_moves_the_right_parameters(tiny_project, method):
-    from bridgerl.stages.train import make_trainer
-
     cfg = make_cfg(tiny_project, f"train.method={method}", f"train.steps={METHOD_STEPS[method]}",
                    "train.cold_start_sft_steps=1", "train.lr_theta=0.01", "train.lr_w=0.01",
                    "train.grpo.kl_coef=0.0" if method == "rl_zero" else "train.grpo.kl_coef=0.01")
@@ -191,7 +196,6 @@ def test_method_moves_the_right_parameters(tiny_project, method):
 
 
 def test_bridge_shadow_steps_and_lambda_schedule(tiny_project):
-    from bridgerl.stages.train import make_trainer
     from bridgerl.train.trainer import lam_at
 
     cfg = make_cfg(tiny_project, "train.bridge.shadow_steps=3", "train.bridge.lam_schedule=linear",
@@ -290,3 +294,169 @@ def test_resume_after_kill_is_exact(tiny_project, tmp_path):
     assert "resumed from step" in p.stderr  # a log line: stdout holds only the JSON result
     wa, wb = _weights(a / "models/trained"), _weights(b / "models/trained")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# ------------------------------------------------------------------------------------------------
+# the audit's fixes
+# ------------------------------------------------------------------------------------------------
+def _float64_bridge(tiny_project, *overrides, perturb_shadow=True, seed=0):
+    """A float64 BRIDGE setup: models (θ̂ ≠ θ unless told, w ≠ 0), an RL batch with advantages, a demo batch."""
+    from bridgerl.model.loading import load_model
+
+    cfg = make_cfg(tiny_project, "train.method=bridge", "train.optimizer=sgd", "train.max_grad_norm=null",
+                   "train.lr_theta=0.05", "train.lr_w=0.05", "train.grpo.kl_coef=0.0", *overrides)
+    torch.manual_seed(seed)
+    m = build_models(cfg, load_model(str(tiny_project / "models" / "base"), dtype=torch.float64))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        if perturb_shadow:
+            for p in m.shadow_theta:
+                p.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+        for p in m.lora:
+            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    rl, sft = _random_batches(m.policy.config.vocab_size if hasattr(m.policy, "config") else 320, gen)
+    rl.extras["advantages"] = torch.randn(len(rl), generator=gen, dtype=torch.float64)
+    return cfg, m, rl, sft
+
+
+def _ctx(cfg, m):
+    opt = torch.optim.SGD([g for g in m.param_groups(cfg) if g["params"]], lr=cfg.train.lr_theta)
+    return Ctx(m, TorchEngine(cfg, m, opt, ProcEnv()), cfg)
+
+
+def test_extra_shadow_steps_use_the_policy_as_behaviour(tiny_project):
+    """shadow_steps = 2, one update per rollout batch: both shadow steps importance-weight by π(θ, w)
+    (the sampling policy), so θ̂ after the update is two SGD steps on J_RL(·, w) with old = π(θ, w)."""
+    cfg, m, rl, sft = _float64_bridge(tiny_project, "train.bridge.shadow_steps=2", "train.grpo.clip_eps=10.0")
+    g = cfg.train.grpo
+    alpha = cfg.train.lr_theta
+    m.policy.eval(), m.shadow.eval()
+    with torch.no_grad():
+        behaviour = token_logprobs(m.policy, rl.input_ids, rl.attention_mask)[0]
+
+    def shadow_after_two_steps(old_of):
+        sh = copy.deepcopy(m.shadow)
+        params = [p for n, p in sh.named_parameters() if "lora_" not in n]
+        for _ in range(2):
+            logp = token_logprobs(sh, rl.input_ids, rl.attention_mask)[0]
+            loss = grpo_loss(logp, old_of(logp), rl.extras["advantages"], rl.mask, g.clip_eps).loss
+            grads = torch.autograd.grad(loss, params)
+            with torch.no_grad():
+                for p, gr in zip(params, grads):
+                    p.sub_(alpha * gr)
+        return [p.detach() for p in params]
+
+    expected = shadow_after_two_steps(lambda logp: behaviour)
+    ratio_one = shadow_after_two_steps(lambda logp: logp.detach())  # the bug: the shadow as its own behaviour
+    bridge_update(_ctx(cfg, m), rl, sft, lam=0.5)
+    for p, e in zip(m.shadow_theta, expected):
+        torch.testing.assert_close(p.detach(), e, rtol=1e-9, atol=1e-11)
+    assert max((a - b).abs().max().item() for a, b in zip(expected, ratio_one)) > 1e-6, "test cannot tell them apart"
+
+
+def test_cooperative_gradient_is_zero_at_equal_shadow_with_dropout(tiny_project):
+    """LoRA dropout 0.3, θ̂ = θ, λ = 1: w's gradient is −λ(∇w J_RL(θ,w) − ∇w J_RL(θ̂,w)) = 0, because the
+    RL passes run without dropout (with dropout masks differing between the passes it was noise)."""
+    cfg, m, rl, sft = _float64_bridge(tiny_project, "train.lora.dropout=0.3", perturb_shadow=False)
+    m.policy.train(), m.shadow.train()
+    ctx = _ctx(cfg, m)
+    from bridgerl.train.updates import bridge_backward, grpo_term
+
+    out, _, _ = grpo_term(m.policy, rl, cfg)
+    g_rl = torch.autograd.grad(out.loss, [p for p in m.lora if p.requires_grad])
+    assert max(x.abs().max().item() for x in g_rl) > 1e-6, "∇w J_RL must not vanish by itself"
+    bridge_backward(ctx, rl, sft, lam=1.0)
+    assert max(p.grad.abs().max().item() for p in m.lora) < 1e-12
+    assert m.policy.training, "the policy's mode is restored after the RL passes"
+
+
+def test_rl_log_probs_use_the_sampling_temperature(tiny_project):
+    cfg = make_cfg(tiny_project, "train.method=rl_zero", "train.grpo.temperature=0.5", "train.grpo.kl_coef=0.01",
+                   "train.grpo.ppo_epochs=2")
+    tr = make_trainer(cfg, device="cpu")
+    batch, _ = tr.rollouts()
+    with torch.no_grad():
+        logits = tr.m.ref(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+        at = lambda T: torch.log_softmax(logits / T, -1).gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)  # noqa: E731
+    mask = batch.mask.bool()
+    torch.testing.assert_close(batch.extras["ref_logp"][mask], at(0.5)[mask], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(batch.extras["ref_logp"][mask], at(1.0)[mask], atol=1e-3)
+
+
+@pytest.mark.parametrize("strategy", ["none", "zero2"])
+@pytest.mark.parametrize("method", ["mixed", "bridge"])
+def test_more_minibatches_than_demos_is_refused(tmp_path, strategy, method):
+    """A mini-batch split that would leave an RL mini-batch without demos is refused for every engine
+    (it used to drop rollouts silently in one process)."""
+    from bridgerl.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"grpo.mini_batches = 4 > demo_batch = 3"):
+        make_cfg(tmp_path, f"train.method={method}", "train.grpo.mini_batches=4", "train.demo_batch=3",
+                 f"train.distributed.strategy={strategy}")
+    make_cfg(tmp_path, "train.method=rl_zero", "train.grpo.mini_batches=4", "train.demo_batch=3")  # no SFT: fine
+
+
+@pytest.mark.parametrize("ref_model", ["rl_start", "initial"])
+def test_cold_start_kl_reference(tiny_project, ref_model):
+    cfg = make_cfg(tiny_project, "train.method=cold_start", "train.cold_start_sft_steps=1", "train.steps=1",
+                   "train.grpo.kl_coef=0.01", "train.lr_theta=0.01", f"train.grpo.ref_model={ref_model}")
+    tr = make_trainer(cfg, device="cpu")
+    initial = _snapshot(tr.m.ref.parameters())
+    tr.train_step()  # SFT
+    after_sft = _snapshot(tr.m.policy.parameters())
+    assert any(_changed(initial, tr.m.policy.parameters()))
+    tr.train_step()  # the first RL iteration
+    want = after_sft if ref_model == "rl_start" else initial
+    assert all(torch.equal(a, b.detach()) for a, b in zip(want, tr.m.ref.parameters()))
+
+
+def test_cold_start_resume_keeps_the_rl_start_reference(tiny_project, tmp_path):
+    import shutil
+
+    from bridgerl.stages import train
+
+    over = ("train.method=cold_start", "train.cold_start_sft_steps=1", "train.steps=2", "train.save_every=1",
+            "train.grpo.kl_coef=0.05", "train.lr_theta=0.01")
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(tiny_project, a)
+    shutil.copytree(tiny_project, b)
+    train.run(make_cfg(a, *over), progress=False)
+    train.run(make_cfg(b, *over), max_steps=2, progress=False)  # after the reference was reset
+    train.run(make_cfg(b, *over), resume=True, progress=False)
+    wa, wb = _weights(a / "models/trained"), _weights(b / "models/trained")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_rollouts_keep_every_sampled_token(tiny_project):
+    """A truncated rollout that sampled the pad token (pad ≠ eos) keeps it: the trained sequence is the
+    sampled one."""
+    from bridgerl.generation import generate
+    from bridgerl.model.loading import load_model, load_tokenizer
+
+    base = str(tiny_project / "models" / "base")
+    tok, model = load_tokenizer(base), load_model(base)
+    assert tok.pad_token_id != tok.eos_token_id
+    pad, eos = tok.pad_token_id, tok.eos_token_id
+
+    def pad_at_third_never_eos(input_ids, scores):
+        scores = scores.clone()
+        scores[:, eos] = -float("inf")
+        if step[0] == 2:
+            scores[:, pad] = 1e4
+        step[0] += 1
+        return scores
+
+    step = [0]
+    out = generate(model, tok, ["Tom has 3 apples."], 6, temperature=0.0, logits_processor=[pad_at_third_never_eos])
+    resp = out.response_ids[0]
+    assert out.truncated == [True] and len(resp) == 6 and resp[2] == pad
+
+
+def test_stage_run_switch(tmp_path):
+    from bridgerl.tracking import stage_run
+
+    cfg = make_cfg(tmp_path, "tracking.enabled=true", f"tracking.local_db={tmp_path}/mlruns.db")
+    with stage_run(cfg, "train", enabled=False) as mlf:
+        assert mlf.active_run() is None
+        mlf.log_metric("x", 1.0)
+    assert not (tmp_path / "mlruns.db").exists()

@@ -94,7 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="promote even if the gate refuses (recorded in the history)")
     cmd("rollback", "move alias champion back to the previous champion")
     p = cmd("compare", "train every method on the same data/budget/seeds, evaluate, write a report")
-    p.add_argument("--methods", default=None, help="comma-separated subset of methods")
+    from bridgerl.train.methods import METHOD_NAMES
+
+    p.add_argument("--methods", default=None,
+                   help=f"comma-separated subset of the methods (default: all of {', '.join(METHOD_NAMES)})")
     p.add_argument("--seeds", default=None, help="comma-separated seeds")
     p.add_argument("--out", default=None,
                    help="report directory (default: a new runs/compare-<time>; the committed report is docs/results)")
@@ -245,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         parent_watch.install(args.command)
     from bridgerl import locks, registry, tracking
     from bridgerl.config import ConfigError, check_paths, load_config
-    from bridgerl.io import DataError
+    from bridgerl.io import DataError, require_writable
 
     try:
         overrides = list(args.overrides)
@@ -259,17 +262,18 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.params, overrides, args.preset)
         check_paths(cfg)
         cfg, argv = _place_outputs(args, argv, cfg)
+        if args.command == "train":  # checkpoints are written from the first steps on (a volume in a pod)
+            require_writable(cfg.train.checkpoint_dir, "train.checkpoint_dir")
         _check_args(args, cfg)
         if args.command in TRACKED:
-            registry.ensure_reachable(cfg)
-            tracking.init_local_store(cfg)
+            registry.ensure_reachable(cfg)  # (a local store is created when first used: tracking.init_local_store)
         with locks.hold(_outputs(args, cfg), args.command):
             if args.command == "train":  # --nproc / a Kubeflow pod: re-run this command under torchrun
-                from bridgerl.train import distributed
+                from bridgerl import launch
 
-                prefix = distributed.spawn_command(cfg, args.nproc)
+                prefix = launch.spawn_command(cfg, args.nproc)
                 if prefix is not None:
-                    return distributed.spawn(prefix, argv)
+                    return launch.spawn(prefix, argv)
             with _stdout_for_results():
                 return _dispatch(args, cfg)
     except (ConfigError, DataError) as e:
@@ -328,7 +332,7 @@ def _dispatch(args, cfg) -> int:
             pass
     elif c == "train":
         from bridgerl.stages import train
-        from bridgerl.train.distributed import detect
+        from bridgerl.train.parallel import detect
 
         final = train.run(cfg, max_steps=args.max_steps, resume=args.resume)
         if detect().is_main:

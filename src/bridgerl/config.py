@@ -8,6 +8,7 @@ the command before any work starts, with an error naming the key and the value.
 from __future__ import annotations
 
 import copy
+import warnings
 import hashlib
 import json
 from pathlib import Path
@@ -16,8 +17,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-METHODS = ("sft", "rl_zero", "cold_start", "alternating", "mixed", "bridge", "bridge_frozen_w")
-Method = Literal["sft", "rl_zero", "cold_start", "alternating", "mixed", "bridge", "bridge_frozen_w"]
+from bridgerl.train.methods import METHOD_NAMES, METHODS  # noqa: E402,F401  (the one table of methods)
+
+Method = Literal[METHOD_NAMES]  # type: ignore[valid-type]
 
 
 class ConfigError(ValueError):
@@ -249,6 +251,9 @@ class GrpoConfig(_Section):
     max_new_tokens: int = Field(64, gt=0, description="rollout length budget")
     reward_correct: float = Field(1.0, description="reward of a verified answer")
     reward_wrong: float = Field(0.0, description="the spec's equations use -1: set it here")
+    ref_model: Literal["initial", "rl_start"] = Field("rl_start", description=(
+        "KL reference π_ref: the initial model, or the policy when its RL starts (differs for cold_start only, "
+        "whose RL phase starts from the SFT model, as a separate RL run from the SFT checkpoint would)"))
 
 
 class BridgeConfig(_Section):
@@ -266,7 +271,7 @@ _DS_BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradien
 
 
 class DistributedConfig(_Section):
-    """Data parallelism under torchrun with DeepSpeed ZeRO (bridgerl.train.distributed, docs/distributed.md)."""
+    """Data parallelism under torchrun with DeepSpeed ZeRO (bridgerl.train.engines and .parallel, docs/distributed.md)."""
 
     strategy: Literal["none", "zero2", "zero3"] = Field("none", description="none: one process, no DeepSpeed")
     offload: bool = Field(False, description="ZeRO-Offload: optimizer state (zero3: also parameters) in CPU memory")
@@ -339,6 +344,19 @@ class TrainConfig(_Section):
     checkpoint_dir: str = Field("checkpoints/train", description="checkpoints for --resume (not a DVC output)")
     metrics_file: str = Field("metrics/train.json", description="final training metrics (DVC metrics)")
     plots_file: str = Field("plots/train_curve.csv", description="the training curve, one row per step (DVC plots)")
+
+    @model_validator(mode="after")
+    def _minibatches_fit(self) -> "TrainConfig":
+        """Every RL mini-batch needs rollouts (and, for methods that split the SFT batch with them, demos)."""
+        m = METHODS[self.method]
+        n = self.grpo.mini_batches
+        if m.rl and n > self.prompt_batch * self.grpo.group_size:
+            raise ValueError(f"grpo.mini_batches = {n} > prompt_batch x group_size = "
+                             f"{self.prompt_batch * self.grpo.group_size}: a mini-batch would be empty")
+        if m.sft_in_minibatches and n > self.demo_batch:
+            raise ValueError(f"grpo.mini_batches = {n} > demo_batch = {self.demo_batch}: method {self.method} "
+                             "pairs each RL mini-batch with an SFT mini-batch")
+        return self
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,6 +435,10 @@ class EvalConfig(_Section):
 # --------------------------------------------------------------------------------------------
 # registry / tracking
 # --------------------------------------------------------------------------------------------
+# the field `registry.register` shadows ABCMeta.register on the class, never on instances: harmless
+warnings.filterwarnings("ignore", message='Field name "register" in "RegistryConfig"', category=UserWarning)
+
+
 class RegistryConfig(_Section):
     """`bridgerl register/promote/rollback`: the registered model, the promotion gate, retries."""
 

@@ -38,11 +38,13 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, temperat
         for row, att in zip(seqs, enc["attention_mask"]):
             prompt = row[:L][att.bool()].tolist()
             resp = row[L:].tolist()
+            # exactly the sampled tokens: up to the first EOS (after it, generate pads finished rows); a row
+            # without EOS ran to the end of the batch's generation, every token sampled (a sampled pad token
+            # included: removing it would train on a sequence that was never sampled)
             if eos in resp:
                 resp = resp[: resp.index(eos) + 1]
                 trunc = False
             else:
-                resp = [t for t in resp if t != tokenizer.pad_token_id] if tokenizer.pad_token_id != eos else resp
                 trunc = True
             out.prompt_ids.append(prompt)
             out.response_ids.append(resp)

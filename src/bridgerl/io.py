@@ -40,13 +40,39 @@ def _publish_mode(path: Path, is_dir: bool) -> None:
     os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
 
 
+def unwritable(path: str | Path) -> str | None:
+    """Why this process cannot create or replace `path` (None when it can): names the nearest existing
+    folder that denies writing and says what to mount, for containers that run as a non-root user."""
+    p = Path(path).absolute()
+    d = p if p.is_dir() else p.parent
+    while not d.exists():
+        d = d.parent
+    if os.access(d, os.W_OK | os.X_OK):
+        return None
+    uid, gid = os.geteuid(), os.getegid()
+    return (f"{d} is not writable by uid {uid} (gid {gid}): mount a volume there that this user can write "
+            f"(Kubernetes: a PVC with the pod's securityContext.fsGroup: {gid}; docker run: -v HOST_DIR:{d} with "
+            f"HOST_DIR writable by uid {uid} or gid {gid})")
+
+
+def require_writable(path: str | Path, name: str) -> None:
+    """Fail before any work with a clear error when the output `path` (parameter `name`) cannot be written."""
+    why = unwritable(path)
+    if why:
+        raise DataError(f"{name} = {str(path)!r}: {why}")
+
+
 def _tmp_sibling(path: Path, is_dir: bool) -> Path:
+    why = unwritable(path)
+    if why:
+        raise DataError(f"cannot write {path}: {why}")
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed earlier run
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
         else:
             stale.unlink(missing_ok=True)
+    # tempfile creates 0700/0600 (private): _publish_mode gives the output the umask's modes when it is renamed
     if is_dir:
         return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)

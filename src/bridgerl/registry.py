@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
 from bridgerl.config import Config
-from bridgerl.tracking import tracking_uri
+from bridgerl.tracking import init_local_store, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class PromotionRefused(RegistryError):
 def client(cfg: Config):
     from mlflow import MlflowClient
 
+    init_local_store(cfg)
     uri = tracking_uri(cfg)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 

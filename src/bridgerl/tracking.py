@@ -98,13 +98,17 @@ class _NoRun:
 
 
 @contextlib.contextmanager
-def stage_run(cfg: Config, stage: str, run_id: str | None = None, log_params: bool = True) -> Iterator:
-    """Start (or, with run_id, resume) the MLflow run of one stage; yields the `mlflow` module."""
-    if not cfg.tracking.enabled:
+def stage_run(cfg: Config, stage: str, run_id: str | None = None, log_params: bool = True,
+              enabled: bool = True) -> Iterator:
+    """Start (or, with run_id, resume) the MLflow run of one stage; yields the `mlflow` module, or a
+    stand-in whose logging calls do nothing when tracking is off or `enabled` is False (e.g. on the
+    ranks other than 0 of a data-parallel job)."""
+    if not (enabled and cfg.tracking.enabled):
         yield _NoRun()
         return
     import mlflow
 
+    init_local_store(cfg)
     env_before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri(cfg))  # (also exports MLFLOW_TRACKING_URI: restored below)
     try:

@@ -19,11 +19,9 @@ import shutil
 import statistics
 from pathlib import Path
 
-from bridgerl.config import METHODS, Config
+from bridgerl.config import Config
 from bridgerl.io import atomic_file, write_json
-
-COLORS = {"sft": "#7f7f7f", "rl_zero": "#1f77b4", "cold_start": "#ff7f0e", "alternating": "#9467bd",
-          "mixed": "#8c564b", "bridge": "#d62728", "bridge_frozen_w": "#e377c2"}
+from bridgerl.train.methods import METHOD_NAMES, METHODS
 
 
 def _ensure_inputs(cfg: Config) -> None:
@@ -80,7 +78,7 @@ def _plot(results: dict, out: Path) -> None:
             n = min(len(c) for c in curves)
             xs = [statistics.fmean(c[i][xkey] for c in curves) for i in range(n)]
             ys = [100 * statistics.fmean(c[i][2] for c in curves) for i in range(n)]
-            ax.plot(xs, ys, marker="o", ms=3, label=method, color=COLORS.get(method), lw=2 if "bridge" == method else 1.3)
+            ax.plot(xs, ys, marker="o", ms=3, label=method, color=METHODS[method].color if method in METHODS else None, lw=2 if "bridge" == method else 1.3)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("held-out accuracy (%)")
         ax.grid(alpha=0.3)
@@ -128,8 +126,6 @@ def _report_md(cfg: Config, results: dict, seeds: list[int], benchmarks: list[st
 
 def rerender(cfg: Config, out: str | Path) -> dict:
     """Rewrite the report from an earlier run's results.json (no training)."""
-    import json
-
     saved = json.loads((Path(out) / "results.json").read_text())
     return finish(cfg, saved["methods"], saved["seeds"], Path(out))
 
@@ -138,10 +134,10 @@ def run(cfg: Config, methods: list[str] | None = None, seeds: list[int] | None =
         out: str | Path = "docs/results", progress: bool = True) -> dict:
     from bridgerl.stages import evaluate, train
 
-    methods = methods or list(METHODS)
+    methods = methods or list(METHOD_NAMES)  # every method of the table (bridgerl.train.methods)
     bad = [m for m in methods if m not in METHODS]
     if bad:
-        raise ValueError(f"--methods: unknown method(s) {bad} (known: {', '.join(METHODS)})")
+        raise ValueError(f"--methods: unknown method(s) {bad} (known: {', '.join(METHOD_NAMES)})")
     seeds = seeds if seeds is not None else [cfg.seed]
     out = Path(out)
     _ensure_inputs(cfg)
@@ -165,7 +161,7 @@ def run(cfg: Config, methods: list[str] | None = None, seeds: list[int] | None =
 
 def finish(cfg: Config, results: dict, seeds: list[int], out: Path) -> dict:
     """Time-to-target per method, plots, report.md and results.json from the per-run results."""
-    results = dict(sorted(results.items(), key=lambda kv: METHODS.index(kv[0])))
+    results = dict(sorted(results.items(), key=lambda kv: METHOD_NAMES.index(kv[0])))
     if "cold_start" in results:
         # per seed: the wall time a method needs to first reach that seed's cold-start final accuracy
         targets = [c[-1][2] if c else None for c in results["cold_start"]["curves"]]

@@ -8,7 +8,6 @@ checkpoints under train.checkpoint_dir (not a DVC output; `--resume` continues f
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import math
@@ -19,41 +18,14 @@ import torch
 from tqdm import tqdm
 
 from bridgerl.config import Config
-from bridgerl.io import atomic_dir, atomic_file, read_jsonl, write_json
-from bridgerl.model.loading import default_device, load_model, load_tokenizer, resolve_dtype
-from bridgerl.tracking import _NoRun, stage_run
-from bridgerl.train import checkpoint
-from bridgerl.train.models import RL_METHODS, SFT_METHODS, build_models, export
-from bridgerl.train.trainer import Trainer
+from bridgerl.io import atomic_dir, atomic_file, write_json
+from bridgerl.tracking import stage_run
+from bridgerl.train import checkpoint, parallel
+from bridgerl.train.models import export
+from bridgerl.train.trainer import Trainer, make_trainer
 
 CURVE_FIELDS = ["step", "wall_time_s", "phase", "reward_mean", "accuracy", "heldout_accuracy", "sft_nll", "kl",
-                "entropy", "response_length", "coop_gain", "lambda", "loss"]
-
-
-def load_inputs(cfg: Config) -> tuple[list[dict], list[dict], list[dict]]:
-    data = Path(cfg.data.out_dir)
-    method = cfg.train.method
-    rl = read_jsonl(data / "rl_train.jsonl", required=("id", "problem", "answer", "data_source")) \
-        if method in RL_METHODS else []
-    val = read_jsonl(data / "rl_val.jsonl", required=("id", "problem", "answer", "data_source")) \
-        if (data / "rl_val.jsonl").exists() else []
-    demos = read_jsonl(Path(cfg.demos.out_dir) / "demos.jsonl", required=("id", "problem", "response")) \
-        if method in SFT_METHODS else []
-    if method in SFT_METHODS and not demos:
-        raise ValueError(f"train.method = {method!r} needs SFT demonstrations, but "
-                         f"{cfg.demos.out_dir}/demos.jsonl is empty")
-    return rl, demos, val
-
-
-def make_trainer(cfg: Config, device=None) -> Trainer:
-    device = device or default_device()
-    torch.manual_seed(cfg.seed)
-    base_dir = cfg.model.out_dir
-    tok = load_tokenizer(base_dir)
-    base = load_model(base_dir, resolve_dtype(cfg.model.dtype, device), device=device)
-    models = build_models(cfg, base)
-    rl, demos, val = load_inputs(cfg)
-    return Trainer(cfg, models, tok, rl, demos, val, device=device)
+                "entropy", "response_length", "coop_gain", "lambda", "grad_norm", "loss"]
 
 
 def _curve_csv(history: list[dict]) -> str:
@@ -82,35 +54,27 @@ def _final_metrics(tr: Trainer) -> dict:
 
 
 def run(cfg: Config, max_steps: int | None = None, resume: bool = False, progress: bool = True) -> dict:
+    """Train on this process (every rank of a torchrun job runs this); rank 0 writes the outputs."""
     if os.environ.get("BRIDGERL_TORCH_THREADS"):
         torch.set_num_threads(int(os.environ["BRIDGERL_TORCH_THREADS"]))
-    from bridgerl.train import distributed
-
-    env = distributed.detect()
-    ds = distributed.wanted(cfg, env)  # DeepSpeed / several processes / seeded rollouts (train/distributed.py)
-    tr = distributed.make_trainer(cfg, env) if ds else make_trainer(cfg)
-    ds_ckpt = ds and tr.engine is not None
-    main = env.is_main  # rank 0 alone writes MLflow, checkpoint bookkeeping and outputs
+    tr = make_trainer(cfg)
+    main = tr.is_main  # rank 0 alone writes MLflow, checkpoint bookkeeping and outputs
     log = print if main else (lambda *a, **k: None)
     key = checkpoint.resume_key(cfg)
+    t = cfg.train
     run_id = None
     if resume:
-        state = tr.load_checkpoint(cfg.train.checkpoint_dir, key) if ds_ckpt else \
-            checkpoint.load_latest(cfg.train.checkpoint_dir, key)
+        state = tr.load_checkpoint(t.checkpoint_dir, key)
         if state is not None:
-            if not ds_ckpt:
-                tr.load_state_dict(state)
             run_id = state.get("mlflow_run_id")
-            log(f"resumed from step {tr.step} ({cfg.train.checkpoint_dir})")
+            log(f"resumed from step {tr.step} ({t.checkpoint_dir})")
         else:
-            log(f"no checkpoint in {cfg.train.checkpoint_dir}: starting fresh")
+            log(f"no checkpoint in {t.checkpoint_dir}: starting fresh")
     elif main:
-        checkpoint.clear(cfg.train.checkpoint_dir)
-    if ds:
-        distributed.barrier()
+        checkpoint.clear(t.checkpoint_dir)
+    parallel.barrier()
     stop_at = tr.total_steps if max_steps is None else min(tr.total_steps, max_steps)
-    t = cfg.train
-    with (stage_run(cfg, "train", run_id=run_id) if main else contextlib.nullcontext(_NoRun())) as mlf:
+    with stage_run(cfg, "train", run_id=run_id, enabled=main) as mlf:
         active = mlf.active_run()  # None when tracking is off
         run_id = active.info.run_id if active is not None else None
         if tr.step == 0 and t.eval_every:
@@ -127,29 +91,24 @@ def run(cfg: Config, max_steps: int | None = None, resume: bool = False, progres
                             step=tr.step)
             bar.update(1)
             bar.set_postfix({k: f"{m[k]:.3f}" for k in ("reward_mean", "sft_nll", "heldout_accuracy") if k in m})
-            if (tr.step % t.save_every == 0 or tr.step == stop_at) and ds_ckpt:
-                tr.save_checkpoint(t.checkpoint_dir, {"mlflow_run_id": run_id}, key, t.keep_checkpoints)
-            elif tr.step % t.save_every == 0 or tr.step == stop_at:
-                checkpoint.save(t.checkpoint_dir, tr.step, {**tr.state_dict(), "mlflow_run_id": run_id}, key,
-                                t.keep_checkpoints)
+            if tr.step % t.save_every == 0 or tr.step == stop_at:
+                tr.save_checkpoint(t.checkpoint_dir, key, t.keep_checkpoints, {"mlflow_run_id": run_id})
         bar.close()
         if tr.step < tr.total_steps:
             log(f"stopped at step {tr.step}/{tr.total_steps} (--max-steps); resume with --resume")
         final = _final_metrics(tr)
-        exported = tr.export_models() if ds else tr.m  # gathers full weights from every rank
-        if not main:
-            tr.close()  # waits for rank 0's outputs, then leaves the process group
-            return final
-        with atomic_dir(t.out_dir) as tmp:
-            export(exported, tr.tok, tmp)
-            write_json(tmp / "bridgerl_train.json", {"method": t.method, "steps": tr.step, "config_digest": cfg.digest()})
-        write_json(t.metrics_file, final)
-        Path(t.plots_file).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(t.plots_file) as f:
-            f.write(_curve_csv(tr.history))
-        mlf.log_artifact(t.plots_file)
-        mlf.log_artifact(t.metrics_file)
-        mlf.log_metrics({f"final_{k}": float(v) for k, v in final.items() if isinstance(v, (int, float))})
-    if ds:
-        tr.close()
+        exported = tr.export_models()  # all ranks take part (ZeRO-3 gathers); rank 0 gets the policy
+        if main:
+            with atomic_dir(t.out_dir) as tmp:
+                export(exported, tr.tok, tmp)
+                write_json(tmp / "bridgerl_train.json",
+                           {"method": t.method, "steps": tr.step, "config_digest": cfg.digest()})
+            write_json(t.metrics_file, final)
+            Path(t.plots_file).parent.mkdir(parents=True, exist_ok=True)
+            with atomic_file(t.plots_file) as f:
+                f.write(_curve_csv(tr.history))
+            mlf.log_artifact(t.plots_file)
+            mlf.log_artifact(t.metrics_file)
+            mlf.log_metrics({f"final_{k}": float(v) for k, v in final.items() if isinstance(v, (int, float))})
+    tr.close()  # waits for rank 0's outputs, then leaves the process group
     return final

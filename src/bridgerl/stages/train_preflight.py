@@ -26,10 +26,10 @@ def _module_names(model_dir: Path) -> list[str]:
 
 
 def check_lora_targets(cfg: Config, model_dir: Path) -> None:
-    from bridgerl.train.models import LORA_METHODS
+    from bridgerl.train.methods import METHODS
 
     targets = cfg.train.lora.target_modules
-    if cfg.train.method not in LORA_METHODS or targets == "all-linear":
+    if not METHODS[cfg.train.method].lora or targets == "all-linear":
         return
     names = _module_names(model_dir)
     if isinstance(targets, str):
@@ -60,14 +60,14 @@ def check_resume(cfg: Config) -> None:
 
 
 def check(cfg: Config, resume: bool = False) -> None:
-    from bridgerl.train.models import RL_METHODS
+    from bridgerl.train.methods import METHODS
 
     model_dir = Path(cfg.model.out_dir)
     if not (model_dir / "config.json").is_file():
         raise DataError(f"model.out_dir = {str(model_dir)!r}: no base model there (no config.json); "
                         f"run `bridgerl init-model` first")
     check_lora_targets(cfg, model_dir)
-    if cfg.train.method in RL_METHODS:
+    if METHODS[cfg.train.method].rl:
         rl = Path(cfg.data.out_dir) / "rl_train.jsonl"
         n = sum(1 for _ in iter_jsonl(rl, what="RL training set (run `bridgerl prepare` first)"))
         if cfg.train.prompt_batch > n:

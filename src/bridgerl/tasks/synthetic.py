@@ -9,7 +9,6 @@ Everything is a pure function of a seed.
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
 
 NAMES = ["Ava", "Ben", "Cleo", "Dan", "Eve", "Finn", "Gia", "Hal", "Ivy", "Jon", "Kai", "Lea", "Max", "Nia", "Omar", "Pia"]
@@ -77,15 +76,3 @@ def reasoning(p: Problem) -> str:
 def direct(p: Problem) -> str:
     """An answer with no reasoning (the base model's pre-training style)."""
     return f"The answer is \\boxed{{{p.answer}}}."
-
-
-_STEP = re.compile(r"(-?\d+)\s*([+\-*])\s*(-?\d+)\s*=\s*(-?\d+)")
-
-
-def steps_are_correct(text: str) -> bool:
-    """True when every 'a op b = c' line in a trace is arithmetically right (used by demo filters)."""
-    for a, op, b, c in _STEP.findall(text):
-        a, b, c = int(a), int(b), int(c)
-        if {"+": a + b, "-": a - b, "*": a * b}[op] != c:
-            return False
-    return True

@@ -32,10 +32,6 @@ class EpochSampler:
             self.pos += take
         return out
 
-    @property
-    def epochs_done(self) -> float:
-        return self.epoch + self.pos / self.n
-
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "pos": self.pos}
 

@@ -12,9 +12,14 @@ import torch
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log π(token_t | tokens_<t) for t = 1..L-1, and optionally the per-token entropy (no grad)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+                   with_entropy: bool = False, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log π(token_t | tokens_<t) for t = 1..L-1 under softmax(logits / temperature), and optionally the
+    per-token entropy of that distribution (no grad). RL terms use the sampling temperature (as TRL and
+    verl do: the ratio, KL and gradient are those of the distribution the rollouts came from)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 up to fp32; fp64 kept
+    if temperature != 1.0:
+        logits = logits / temperature
     targets = input_ids[:, 1:]
     logz = torch.logsumexp(logits, dim=-1)
     logp = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1) - logz
@@ -56,7 +61,6 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 @dataclass
 class GrpoOut:
     loss: torch.Tensor  # = −J_RL
-    pg_loss: torch.Tensor
     kl: torch.Tensor
     clip_frac: torch.Tensor
     ratio_mean: torch.Tensor
@@ -83,7 +87,7 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
         clipped = ((ratio < 1 - clip_eps) & (adv < 0)) | ((ratio > 1 + hi) & (adv > 0))
         clip_frac = masked_mean(clipped.float(), mask)
         ratio_mean = masked_mean(ratio, mask)
-    return GrpoOut(loss, pg, kl.detach(), clip_frac, ratio_mean)
+    return GrpoOut(loss, kl.detach(), clip_frac, ratio_mean)
 
 
 def sft_objective(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """The models a method trains: policy π(θ, w), the RL-only shadow θ̂ (sharing w), the frozen reference.
 
-- Baselines train all base weights θ; no LoRA, no shadow.
-- `bridge` wraps θ with a peft LoRA adapter w (all of θ trainable too), and deep-copies the base into
-  θ̂ whose LoRA modules *are* the policy's (one set of w parameters, used by both forwards).
-- `bridge_frozen_w` has the adapter but keeps w fixed and has no shadow (the ablation).
+What is built follows the method's row in bridgerl.train.methods:
+- methods without LoRA (the baselines) train all base weights θ; no LoRA, no shadow.
+- `lora` wraps θ with a peft LoRA adapter w (all of θ trainable too); `trains_w` says whether w trains.
+- `shadow` deep-copies the wrapped base into θ̂ whose LoRA modules *are* the policy's (one set of w
+  parameters, used by both forwards).
 - The reference π_ref (frozen initial model) exists only when the KL coefficient is positive and
   the method uses RL.
 Export merges w into θ and writes a plain model directory; θ̂ is never exported.
@@ -19,10 +20,7 @@ import torch
 from torch import nn
 
 from bridgerl.config import Config
-
-LORA_METHODS = ("bridge", "bridge_frozen_w")
-RL_METHODS = ("rl_zero", "cold_start", "alternating", "mixed", "bridge", "bridge_frozen_w")
-SFT_METHODS = ("sft", "cold_start", "alternating", "mixed", "bridge", "bridge_frozen_w")
+from bridgerl.train.methods import METHODS
 
 
 @dataclass
@@ -61,16 +59,17 @@ def _share_lora(policy: nn.Module, shadow: nn.Module) -> None:
                     setattr(mod, attr, getattr(src, attr))
 
 
-def build_models(cfg: Config, base: nn.Module) -> Models:
-    """Wrap a freshly loaded base model as the method requires (call after seeding torch)."""
+def build_models(cfg: Config, base: nn.Module, for_export: bool = False) -> Models:
+    """Wrap a freshly loaded base model as the method requires (call after seeding torch).
+    `for_export`: the policy alone (θ with its adapter w), no shadow, no reference."""
     t = cfg.train
-    method = t.method
+    method = METHODS[t.method]
     ref = None
-    if method in RL_METHODS and t.grpo.kl_coef > 0:
+    if method.rl and t.grpo.kl_coef > 0 and not for_export:
         ref = copy.deepcopy(base).eval()
         for p in ref.parameters():
             p.requires_grad_(False)
-    if method not in LORA_METHODS:
+    if not method.lora:
         for p in base.parameters():
             p.requires_grad_(True)
         return Models(policy=base, ref=ref, theta=[p for p in base.parameters()])
@@ -80,7 +79,7 @@ def build_models(cfg: Config, base: nn.Module) -> Models:
     lc = LoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
                     target_modules=t.lora.target_modules, bias="none", task_type="CAUSAL_LM")
     policy = get_peft_model(base, lc)
-    train_w = method == "bridge"
+    train_w = method.trains_w
     theta, lora = [], []
     for n, p in policy.named_parameters():
         if _is_lora(n):
@@ -90,7 +89,7 @@ def build_models(cfg: Config, base: nn.Module) -> Models:
             p.requires_grad_(True)
             theta.append(p)
     shadow, shadow_theta = None, []
-    if method == "bridge":
+    if method.shadow and not for_export:
         shadow = copy.deepcopy(policy)
         _share_lora(policy, shadow)
         shadow_theta = [p for n, p in shadow.named_parameters() if not _is_lora(n)]

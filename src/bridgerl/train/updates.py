@@ -1,0 +1,210 @@
+"""The update rules: what one iteration of each method computes, over an engine (bridgerl.train.engines).
+
+GRPO's loss is `bridgerl.train.losses.grpo_loss`; SFT's objective is `losses.sft_objective`. A rule
+computes losses with the models, calls `engine.backward` (BRIDGE: twice, accumulating) and
+`engine.step()` (clip, optimizer step, zero the gradients), once per mini-batch and PPO epoch. Which
+method uses which rule is the table in bridgerl.train.methods (`Method.update`).
+
+BRIDGE (`bridge_update`, the spec's steps 3–5): one backward of −[(1−λ)J_SFT(θ,w) + λJ_RL(θ,w)] through
+the policy, one of −J_RL(θ̂,w) through the shadow with a hook scaling w's gradient by −λ; one optimizer
+step then applies α to θ and θ̂ and β to w:
+    θ.grad = −[(1−λ)∇θ J_SFT(θ,w) + λ∇θ J_RL(θ,w)]
+    θ̂.grad = −∇θ̂ J_RL(θ̂,w)
+    w.grad = −[(1−λ)∇w J_SFT(θ,w) + λ(∇w J_RL(θ,w) − ∇w J_RL(θ̂,w))]
+
+Conventions of every RL term (policy, shadow, behaviour and reference log-probs):
+- log-probs of softmax(logits / T) with T the sampling temperature (the distribution rollouts came from);
+- computed in eval mode (no dropout): the policy and shadow passes must see the same function, or the
+  cooperative term ∇w J_RL(θ,w) − ∇w J_RL(θ̂,w) is dropout noise (it is exactly 0 at θ̂ = θ). Dropout
+  (train.lora.dropout, the base model's) applies to the SFT passes only.
+- the behaviour policy is π(θ, w) at rollout time: its log-probs are `old_logp` when the batch is
+  used for several updates, else the update's own forward of π(θ, w) (detached).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from bridgerl.config import Config
+from bridgerl.train.batches import SeqBatch, split
+from bridgerl.train.losses import grpo_loss, masked_mean, sft_objective, token_logprobs
+from bridgerl.train.methods import METHODS
+from bridgerl.train.models import Models
+
+
+@dataclass
+class Ctx:
+    """What a rule works with: the models, the engine that backpropagates and steps, the configuration."""
+
+    models: Models
+    engine: object  # bridgerl.train.engines.TorchEngine or DeepSpeedEngine
+    cfg: Config
+
+    @property
+    def method(self):
+        return METHODS[self.cfg.train.method]
+
+
+@contextlib.contextmanager
+def eval_mode(*models):
+    """Dropout off for the enclosed forwards (restored afterwards; autograd keeps its graph)."""
+    models = [m for m in models if m is not None]
+    was = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, w in zip(models, was):
+            m.train(w)
+
+
+def rl_logprobs(model, batch: SeqBatch, cfg: Config, with_entropy: bool = False):
+    """Log-probs of an RL term: eval mode, at the sampling temperature."""
+    with eval_mode(model):
+        return token_logprobs(model, batch.input_ids, batch.attention_mask, with_entropy=with_entropy,
+                              temperature=cfg.train.grpo.temperature)
+
+
+def _dp_weight(x: torch.Tensor, mb: SeqBatch) -> torch.Tensor:
+    """A rank's loss weight (bridgerl.train.parallel.weigh; exactly 1 in one process, absent in unit tests)."""
+    w = mb.extras.get("loss_scale")
+    return x if w is None else x * w[0]
+
+
+def grpo_term(model, mb: SeqBatch, cfg: Config, with_entropy: bool = False, old_logp: torch.Tensor | None = None):
+    """−J_RL of `model` on the rollouts `mb` (GRPO's loss), its log-probs and entropy."""
+    g = cfg.train.grpo
+    logp, ent = rl_logprobs(model, mb, cfg, with_entropy=with_entropy)
+    if old_logp is None:
+        old_logp = mb.extras["old_logp"] if "old_logp" in mb.extras else logp.detach()
+    out = grpo_loss(logp, old_logp, mb.extras["advantages"], mb.mask, g.clip_eps, g.clip_eps_high,
+                    mb.extras.get("ref_logp"), g.kl_coef, g.loss_agg)
+    out.loss = _dp_weight(out.loss, mb)
+    return out, logp, ent
+
+
+def sft_term(model, mb: SeqBatch) -> torch.Tensor:
+    """J_SFT of `model` on the demonstrations `mb` (train mode: dropout applies here)."""
+    logp, _ = token_logprobs(model, mb.input_ids, mb.attention_mask)
+    return _dp_weight(sft_objective(logp, mb.mask), mb)
+
+
+def _minibatches(ctx: Ctx, rl: SeqBatch, sft: SeqBatch | None = None):
+    """(rl, sft) mini-batch pairs for every PPO epoch (config validation guarantees none is empty)."""
+    g = ctx.cfg.train.grpo
+    n = g.mini_batches
+    for _ in range(g.ppo_epochs):
+        rls = split(rl, n)
+        sfts = split(sft, n) if sft is not None else [None] * len(rls)
+        assert len(rls) == len(sfts), "every RL mini-batch needs its SFT mini-batch"
+        yield from zip(rls, sfts)
+
+
+# ------------------------------------------------------------------------------------------------
+# the rules
+# ------------------------------------------------------------------------------------------------
+def sft_update(ctx: Ctx, rl: SeqBatch | None, sft: SeqBatch, lam: float | None = None) -> dict:
+    j = sft_term(ctx.models.policy, sft)
+    ctx.engine.backward(-j)
+    ctx.engine.step()
+    return {"sft_nll": -j.item(), "loss": -j.item()}
+
+
+def rl_update(ctx: Ctx, rl: SeqBatch, sft: SeqBatch | None = None, lam: float | None = None) -> dict:
+    stats = {}
+    for mb, _ in _minibatches(ctx, rl):
+        out, _, ent = grpo_term(ctx.models.policy, mb, ctx.cfg, with_entropy=True)
+        ctx.engine.backward(out.loss)
+        ctx.engine.step()
+        stats = {"rl_loss": out.loss.item(), "kl": out.kl.item(), "clip_frac": out.clip_frac.item(),
+                 "entropy": masked_mean(ent, mb.mask).item(), "loss": out.loss.item()}
+    return stats
+
+
+def alternating_update(ctx: Ctx, rl: SeqBatch, sft: SeqBatch, lam: float | None = None) -> dict:
+    """One GRPO update, then one SFT step on the same weights."""
+    stats = rl_update(ctx, rl)
+    stats["sft_nll"] = sft_update(ctx, None, sft)["sft_nll"]
+    return stats
+
+
+def mixed_update(ctx: Ctx, rl: SeqBatch, sft: SeqBatch, lam: float | None = None) -> dict:
+    """L = (1−μ) L_GRPO + μ L_SFT per mini-batch (CHORD-style)."""
+    mu = ctx.cfg.train.mixed_mu
+    stats = {}
+    for mb, smb in _minibatches(ctx, rl, sft):
+        out, _, ent = grpo_term(ctx.models.policy, mb, ctx.cfg, with_entropy=True)
+        j = sft_term(ctx.models.policy, smb)
+        loss = (1 - mu) * out.loss - mu * j
+        ctx.engine.backward(loss)
+        ctx.engine.step()
+        stats = {"rl_loss": out.loss.item(), "sft_nll": -j.item(), "kl": out.kl.item(),
+                 "entropy": masked_mean(ent, mb.mask).item(), "loss": loss.item()}
+    return stats
+
+
+def bridge_backward(ctx: Ctx, rl: SeqBatch, sft: SeqBatch, lam: float, old_logp: torch.Tensor | None = None) -> dict:
+    """Accumulate the BRIDGE gradients (descent form, module docstring) into .grad of θ, θ̂ and w.
+    Without the upper level (a method with no shadow: bridge_frozen_w) the shadow term is skipped."""
+    m, cfg = ctx.models, ctx.cfg
+    j_sft = sft_term(m.policy, sft)
+    rl_out, logp, ent = grpo_term(m.policy, rl, cfg, with_entropy=True, old_logp=old_logp)
+    loss = -(1 - lam) * j_sft + lam * rl_out.loss
+    ctx.engine.backward(loss)
+    stats = {"sft_nll": -j_sft.item(), "rl_loss": rl_out.loss.item(), "kl": rl_out.kl.item(),
+             "clip_frac": rl_out.clip_frac.item(), "entropy": masked_mean(ent, rl.mask).item(),
+             "loss": loss.item()}
+    if m.shadow is not None:
+        behaviour = old_logp if old_logp is not None else rl.extras.get("old_logp", logp.detach())
+        handles = [p.register_hook(lambda g, lam=lam: -lam * g) for p in m.lora if p.requires_grad]
+        try:
+            sh_out, _, _ = grpo_term(m.shadow, rl, cfg, old_logp=behaviour)
+            ctx.engine.backward(sh_out.loss)
+        finally:
+            for h in handles:
+                h.remove()
+        # cooperative gain J_RL(θ,w) − J_RL(θ̂,w) on the same rollouts (θ̂ term importance-weighted)
+        stats["coop_gain"] = (-rl_out.loss.item()) - (-sh_out.loss.item())
+        stats["shadow_rl_loss"] = sh_out.loss.item()
+        stats["shadow_ratio"] = sh_out.ratio_mean.item()
+    return stats
+
+
+def shadow_only_backward(ctx: Ctx, rl: SeqBatch, old_logp: torch.Tensor) -> float:
+    """−J_RL(θ̂, w) into θ̂.grad only (w held fixed), behaviour policy π(θ, w): an extra shadow step."""
+    m = ctx.models
+    req = [p.requires_grad for p in m.lora]
+    for p in m.lora:
+        p.requires_grad_(False)
+    try:
+        out, _, _ = grpo_term(m.shadow, rl, ctx.cfg, old_logp=old_logp)
+        ctx.engine.backward(out.loss)
+    finally:
+        for p, r in zip(m.lora, req):
+            p.requires_grad_(r)
+    return out.loss.item()
+
+
+def bridge_update(ctx: Ctx, rl: SeqBatch, sft: SeqBatch, lam: float) -> dict:
+    """Per mini-batch: k−1 shadow-only steps (train.bridge.shadow_steps = k), then the joint step."""
+    k = ctx.cfg.train.bridge.shadow_steps if ctx.models.shadow is not None else 1
+    stats = {}
+    for mb, smb in _minibatches(ctx, rl, sft):
+        old = mb.extras.get("old_logp")
+        if k > 1 and old is None:  # one update per rollout batch: π(θ, w) now is the behaviour policy
+            with torch.no_grad():
+                old = rl_logprobs(ctx.models.policy, mb, ctx.cfg)[0]
+        for _ in range(k - 1):
+            shadow_only_backward(ctx, mb, old)
+            ctx.engine.step()
+        stats = bridge_backward(ctx, mb, smb, lam, old_logp=old)
+        ctx.engine.step()
+    return stats
+
+
+UPDATES = {"sft": sft_update, "rl": rl_update, "alternating": alternating_update, "mixed": mixed_update,
+           "bridge": bridge_update}
