@@ -1,8 +1,10 @@
-"""What every component shares: the images it runs in and the one helper that runs `bridgerl <stage>`.
+"""What every component shares: the images, the one helper that runs `bridgerl <stage>`, and the
+typed run parameters' mapping onto configuration keys.
 
 `bridgerl_cli` is copied into each component's source (`additional_funcs`), so a component stays a
 self-contained Python function whose body only builds a command line: the stage itself, with all
-its logic, is the `bridgerl` package installed in the image.
+its logic, is the `bridgerl` package installed in the image. A component never names a configuration
+key for its paths: it passes `--io ARTIFACT=PATH` and the stage table maps it.
 
 Images default to the tags `docker/build.sh` produces; set BRIDGERL_CPU_IMAGE / BRIDGERL_GPU_IMAGE
 before `python pipelines/compile.py` to compile against your registry.
@@ -18,12 +20,31 @@ CPU_IMAGE = os.environ.get("BRIDGERL_CPU_IMAGE", f"{REGISTRY}/bridgerl-cpu:{VERS
 GPU_IMAGE = os.environ.get("BRIDGERL_GPU_IMAGE", f"{REGISTRY}/bridgerl-gpu:{VERSION}")
 
 
-def bridgerl_cli(stage: str, params: str, overrides: list, sets: list, args: list = (), run_id: str = "",
-                 tracking_uri: str = "", workdir: str = "", launcher: list = ()) -> None:
-    """Run `bridgerl <stage> -P <params> -S <override>... <args>` in this interpreter; raise on failure.
+def run_parameter_overrides(method: str = "", preset: str = "", base_model: str = "", lr_theta: float = -1,
+                            lr_w: float = -1, lam: float = -1, steps: int = -1, epochs: int = -1,
+                            seed: int = -1, benchmarks: list = ()) -> list:
+    """The typed run parameters (the knobs set in the Kubeflow UI) as `-S key=value` items; an unset
+    one (empty, or a negative number: no key accepts one) leaves params_yaml (and its preset) in
+    charge of that key. The one table of which parameter sets which configuration key."""
+    import json
 
-    Order of `-S` items: tracking.uri (if given), the run's `overrides` (pipeline parameters, so they
-    can still change it), then `sets`, the component's own artifact paths, which win.
+    keys = {"preset": preset, "train.method": method, "model.base": base_model, "train.lr_theta": lr_theta,
+            "train.lr_w": lr_w, "train.bridge.lam": lam, "train.steps": steps, "train.epochs": epochs,
+            "seed": seed, "eval.benchmarks": benchmarks}
+    unset = [k for k, v in keys.items()
+             if v is None or v == "" or (isinstance(v, (list, tuple)) and not v)
+             or (isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0)]
+    return [f"{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}" for k, v in keys.items() if k not in unset]
+
+
+def bridgerl_cli(stage: str, config: str, io: dict, sets: list = (), args: list = (), tracking_uri: str = "",
+                 workdir: str = "", launcher: list = ()) -> None:
+    """Run `bridgerl <stage> -P <config> -S <set>... --io NAME=PATH... <args>`; raise on failure.
+
+    `config` is the task's configuration (the slice resolve-config made for this stage, JSON); `io`
+    maps the stage's artifact names (its contract, bridgerl.stages.contracts) to this task's artifact
+    paths. The run id comes from the pod (`KFP_RUN_ID`, set from its `pipeline/runid` label), never
+    from an input, so it is not part of the cache key; it groups the run's MLflow runs.
     `launcher` replaces `python -m bridgerl` (multi-node training).
     """
     import os
@@ -38,17 +59,18 @@ def bridgerl_cli(stage: str, params: str, overrides: list, sets: list, args: lis
         sys.exit(f"bridgerl {stage}: error: cannot create {workdir}: not writable by uid {os.getuid()} "
                  f"(gid {os.getgid()}); mount a volume writable by that group there (k8s: fsGroup, "
                  "k8s/base/checkpoints-init.yaml; docker: install -d -g 10001 -m 2775 DIR)")
-    params_file = os.path.join(workdir, "params.yaml")
-    with open(params_file, "w") as f:
-        f.write(params)
-    argv = [stage, "-P", params_file]
-    for item in [*([f"tracking.uri={tracking_uri}"] if tracking_uri else []), *overrides, *sets]:
+    config_file = os.path.join(workdir, "config.json")
+    with open(config_file, "w") as f:
+        f.write(config)
+    argv = [stage, "-P", config_file]
+    for item in [*([f"tracking.uri={tracking_uri}"] if tracking_uri else []), *sets]:
         argv += ["-S", str(item)]
+    for name, path in io.items():
+        argv += ["--io", f"{name}={path}"]
     argv += [str(a) for a in args]
     env = dict(os.environ)
-    if run_id:  # groups the stage runs of one pipeline run under one MLflow parent run
-        env.setdefault("BRIDGERL_PIPELINE_ID", run_id)
-        env.setdefault("KFP_RUN_ID", run_id)
+    if env.get("KFP_RUN_ID"):  # groups the stage runs of one pipeline run under one MLflow parent run
+        env.setdefault("BRIDGERL_PIPELINE_ID", env["KFP_RUN_ID"])
     cmd = [*(launcher or [sys.executable, "-m", "bridgerl"]), *argv]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, env=env)

@@ -1,12 +1,15 @@
 """`dvc repro` end to end in a temporary git repo: outputs, MLflow runs, no-op rerun, partial rerun,
-and push/pull through a local-folder DVC remote."""
+push/pull through a local-folder DVC remote, a config typo that deletes nothing, outputs restored by
+`dvc checkout`, and a local data file as a dependency of prepare."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,9 +42,8 @@ def md5(p: Path) -> str:
     return hashlib.md5(p.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("dvc") / "repo"
+def make_repo(root: Path, params: dict) -> Path:
+    """This checkout's tracked files (no tests, results or dvc.lock) in a fresh git repo."""
     files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     for f in files:
         if f.startswith(("tests/", "docs/results/")) or f in ("dvc.lock",):
@@ -52,10 +54,26 @@ def repo(tmp_path_factory) -> Path:
         dst = root / f
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dst)
-    (root / "params.yaml").write_text(yaml.safe_dump(fast_params(), sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(["git", "init", "-q"], root)
+    sh(["dvc", "config", "core.analytics", "false"], root)
     sh(["git", "add", "-A"], root)
     sh(["git", "commit", "-qm", "init"], root)
+    return root
+
+
+def status_stages(out: str) -> set[str]:
+    """Stage names `dvc status` reports as changed."""
+    return {line[:-1] for line in out.splitlines() if line.endswith(":") and not line[:1].isspace()}
+
+
+def ran_stages(out: str) -> set[str]:
+    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    root = make_repo(tmp_path_factory.mktemp("dvc") / "repo", fast_params())
     sh(["dvc", "repro"], root)
     return root
 
@@ -89,17 +107,48 @@ def test_outputs_and_tracking(repo):
 
 
 def test_second_repro_is_noop(repo):
+    """Only resolve-config runs (always: it reads local files DVC cannot list); its slices are unchanged."""
     out = sh(["dvc", "repro"], repo).stdout
-    assert "Running stage" not in out, out
+    assert ran_stages(out) == {"resolve-config"}, out
     st = sh(["dvc", "status"], repo).stdout
-    assert "up to date" in st
+    assert status_stages(st) <= {"resolve-config"}, st
+
+
+def test_config_typo_deletes_no_output(repo):
+    """A typo fails in resolve-config, before DVC removes any stage's outputs."""
+    watched = ["metrics/train.json", "metrics/eval.json", "metrics/register.json", "plots/train_curve.csv",
+               "models/trained/config.json", "data/prepared/rl_train.jsonl"]
+    before = {p: md5(repo / p) for p in watched}
+    good = (repo / "params.yaml").read_text()
+    raw = fast_params()
+    raw["train"]["stpes"] = 5
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    p = subprocess.run(["dvc", "repro"], cwd=repo, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    (repo / "params.yaml").write_text(good)
+    assert p.returncode != 0
+    assert "train.stpes = 5: unknown key" in p.stdout + p.stderr
+    assert ran_stages(p.stdout) == {"resolve-config"}, p.stdout
+    assert {q: md5(repo / q) for q in watched} == before
+    # the failed stage's own outputs (the slices) come back from the cache
+    sh(["dvc", "checkout"], repo)
+    assert (repo / "resolved" / "train.json").exists()
+
+
+def test_metrics_and_plots_restored_by_checkout(repo):
+    files = ["metrics/train.json", "metrics/eval.json", "metrics/register.json", "plots/train_curve.csv",
+             "resolved/train.json"]
+    before = {p: md5(repo / p) for p in files}
+    for p in files:
+        (repo / p).unlink()
+    sh(["dvc", "checkout"], repo)
+    assert {p: md5(repo / p) for p in files} == before
 
 
 def test_train_param_change_reruns_only_downstream(repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(fast_params(["train.steps=2"]), sort_keys=False))
     out = sh(["dvc", "repro"], repo).stdout
-    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train", "evaluate", "register"}, out
+    assert ran_stages(out) == {"resolve-config", "train", "evaluate", "register"}, out
 
 
 def test_push_pull_local_remote(repo, tmp_path):
@@ -166,4 +215,36 @@ def test_readme_recovery_recipe_after_dvc_is_killed_during_training(repo):
     import json
 
     assert json.loads((repo / "metrics/train.json").read_text())["steps"] == 40
-    assert "up to date" in sh(["dvc", "status"], repo).stdout
+    assert status_stages(sh(["dvc", "status"], repo).stdout) <= {"resolve-config"}  # always runs
+
+
+def test_local_data_file_is_a_dependency_of_prepare(tmp_path):
+    """A changed local file named in data.rl_sources shows prepare changed and reruns it (only it)."""
+    src = tmp_path / "repo" / "mydata" / "mine.jsonl"
+    src.parent.mkdir(parents=True)
+
+    def write(k: int) -> None:
+        rows = [{"id": f"q{i}", "problem": f"What is {i} + {k}?", "answer": str(i + k)} for i in range(20)]
+        src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write(1)
+    params = fast_params(["data.rl_sources=[{name: mine, kind: local, path: mydata/mine.jsonl}]"])
+    root = make_repo(tmp_path / "repo", params)
+    sh([sys.executable, "-m", "bridgerl", "generate"], root)  # lists the file among prepare's deps
+    assert "mydata/mine.jsonl" in yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["prepare"]["deps"]
+    assert ran_stages(sh(["dvc", "repro", "prepare"], root).stdout) == {"resolve-config", "prepare"}
+    assert "prepare" not in status_stages(sh(["dvc", "status", "prepare"], root).stdout)
+    write(2)
+    st = sh(["dvc", "status", "prepare"], root).stdout
+    assert "mydata/mine.jsonl" in st and "prepare" in status_stages(st), st
+    rows = (root / "data/prepared/rl_train.jsonl").read_text()
+    out = sh(["dvc", "repro", "prepare"], root).stdout
+    assert ran_stages(out) == {"resolve-config", "prepare"}, out
+    assert (root / "data/prepared/rl_train.jsonl").read_text() != rows
+    # without the listing (dvc.yaml not regenerated), the fingerprint in resolved/prepare.json still reruns it
+    dvc = yaml.safe_load((root / "dvc.yaml").read_text())
+    dvc["stages"]["prepare"]["deps"].remove("mydata/mine.jsonl")
+    (root / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
+    assert "mydata/mine.jsonl is not listed in dvc.yaml's prepare deps" in sh(["dvc", "repro", "prepare"], root).stderr
+    write(3)
+    assert ran_stages(sh(["dvc", "repro", "prepare"], root).stdout) == {"resolve-config", "prepare"}

@@ -7,8 +7,6 @@ from components.common import CPU_IMAGE, bridgerl_cli
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False, additional_funcs=[bridgerl_cli])
-def init_model(params: str, overrides: list, base_model: Output[Model], run_id: str = "",
-               tracking_uri: str = ""):
+def init_model(config: str, base_model: Output[Model], tracking_uri: str = ""):
     """The base model (`model.base`: embedded tiny LM, hub id or directory) written into `base_model`."""
-    bridgerl_cli("init-model", params, overrides, [f"model.out_dir={base_model.path}"], run_id=run_id,
-                 tracking_uri=tracking_uri)
+    bridgerl_cli("init-model", config, {"base_model": base_model.path}, tracking_uri=tracking_uri)

@@ -32,15 +32,28 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bridgerl.stages.contracts import STAGES
+
     ap = argparse.ArgumentParser(prog="bridgerl", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
 
     def cmd(name, help_):
         p = sub.add_parser(name, help=help_)
         _common(p)
+        if name in STAGES:
+            p.add_argument("--io", action="append", default=[], metavar="NAME=PATH",
+                           help="put an input/output at PATH by its artifact name in the stage table "
+                                f"({', '.join(x.artifact for x in STAGES[name].io)}); applied after -S")
         return p
 
     cmd("config", "print the resolved, validated configuration")
+    p = cmd("resolve-config", "validate the configuration; write it whole and each stage's slice (first DVC stage)")
+    p.add_argument("--out", default=None, help="directory (default: resolved)")
+    p.add_argument("--tasks", action="store_true", help="also write each Kubeflow task's configuration")
+    p = sub.add_parser("generate", help="write dvc.yaml, docs/stages.md and docs/params.md from the stage table "
+                       "and the configuration schema")
+    p.add_argument("--check", action="store_true", help="exit 1 naming each file that differs; write nothing")
+    p.add_argument("--root", default=".", help="project root (default: .)")
     cmd("prepare", "RL prompts + evaluation sets, deduplicated and split, with a data card")
     cmd("init-model", "build (embedded) or fetch the base model directory")
     cmd("build-demos", "verified SFT demonstrations")
@@ -223,6 +236,10 @@ def _check_args(args, cfg) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if args.command == "generate":
+        from bridgerl import generate
+
+        return generate.main(args.root, check=args.check)
     _exit_on_sigterm(args.command)
     from bridgerl import parent_watch, quiet
 
@@ -234,7 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     from bridgerl.io import DataError, require_writable
 
     try:
-        cfg = load_config(args.params, args.overrides, args.preset)
+        overrides = list(args.overrides)
+        if getattr(args, "io", None):
+            from bridgerl.stages.contracts import STAGES, io_overrides
+
+            try:
+                overrides += io_overrides(STAGES[args.command], args.io)
+            except KeyError as e:
+                raise ConfigError(str(e.args[0])) from None
+        cfg = load_config(args.params, overrides, args.preset)
         check_paths(cfg)
         cfg, argv = _place_outputs(args, argv, cfg)
         if args.command == "train":  # checkpoints are written from the first steps on (a volume in a pod)
@@ -275,6 +300,11 @@ def _dispatch(args, cfg) -> int:
         import yaml
 
         _emit(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        return 0
+    if c == "resolve-config":
+        from bridgerl.stages import resolve_config
+
+        _emit(resolve_config.run(cfg, args.out or resolve_config.RESOLVED_DIR, tasks=args.tasks))
         return 0
     if c == "prepare":
         from bridgerl.stages import prepare

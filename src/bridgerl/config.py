@@ -36,25 +36,28 @@ class _Section(BaseModel):
 class FieldMap(_Section):
     """Which source columns hold the id, the problem text and the final answer."""
 
-    id: str | None = "id"  # None: ids are made from a hash of the problem
-    problem: str = "problem"
-    answer: str = "answer"
+    id: str | None = Field("id", description="None: ids are made from a hash of the problem")
+    problem: str = Field("problem", description="column holding the problem text")
+    answer: str = Field("answer", description="column holding the final answer")
 
 
 class SourceSpec(_Section):
     """A dataset: the embedded synthetic task, a hub dataset id, or a local JSONL/parquet path."""
 
-    name: str
-    kind: Literal["embedded", "hub", "local"] = "local"
-    path: str | None = None  # hub id (kind=hub) or file path (kind=local)
-    split: str = "train"
-    subset: str | None = None  # hub configuration name (e.g. gsm8k "main")
-    # kind=hub: the dataset repository's revision (a commit sha, or a tag/branch) to load; None loads
-    # whatever the hub serves today (a warning says so, and the data card records it as unpinned)
-    revision: str | None = None
+    name: str = Field(description="the source's name (a benchmark name for eval sources)")
+    kind: Literal["embedded", "hub", "local"] = Field(
+        "local", description=(
+            "embedded: the built-in synthetic task; hub: a Hugging Face dataset id; local: a JSONL/parquet file"))
+    path: str | None = Field(None, description="hub id (kind=hub) or file path (kind=local)")
+    split: str = Field("train", description="dataset split to read")
+    subset: str | None = Field(None, description='hub configuration name (e.g. gsm8k "main")')
+    revision: str | None = Field(None, description=(
+        "kind=hub: the dataset repository's revision (a commit sha, or a tag/branch) to load; None loads "
+        "whatever the hub serves today (a warning says so, and the data card records it as unpinned)"))
     fields: FieldMap = Field(default_factory=FieldMap)
-    data_source: str = "math"  # reward/verifier dispatch tag (see bridgerl.rewards)
-    answer_regex: str | None = None  # optional: extract the answer from the answer field (gsm8k "####")
+    data_source: str = Field("math", description="reward/verifier dispatch tag (see bridgerl.rewards)")
+    answer_regex: str | None = Field(None, description=(
+        'optional: extract the answer from the answer field (gsm8k "####")'))
 
     @model_validator(mode="after")
     def _path_needed(self) -> "SourceSpec":
@@ -66,12 +69,12 @@ class SourceSpec(_Section):
 class SyntheticTask(_Section):
     """The embedded multi-step arithmetic word-problem task (see bridgerl.tasks.synthetic)."""
 
-    n_train: int = Field(2000, gt=0)
-    n_test: int = Field(200, gt=0)
-    min_ops: int = Field(1, ge=1)
-    max_ops: int = Field(2, ge=1)
-    max_start: int = Field(9, ge=1)
-    max_operand: int = Field(5, ge=1)
+    n_train: int = Field(2000, gt=0, description="RL training problems generated")
+    n_test: int = Field(200, gt=0, description="held-out test problems (the `synthetic` benchmark)")
+    min_ops: int = Field(1, ge=1, description="fewest arithmetic operations in a problem")
+    max_ops: int = Field(2, ge=1, description="most arithmetic operations in a problem")
+    max_start: int = Field(9, ge=1, description="largest starting quantity")
+    max_operand: int = Field(5, ge=1, description="largest operand of an operation")
 
     @model_validator(mode="after")
     def _ops(self) -> "SyntheticTask":
@@ -81,11 +84,16 @@ class SyntheticTask(_Section):
 
 
 class DataConfig(_Section):
-    rl_sources: list[SourceSpec] = Field(default_factory=lambda: [SourceSpec(name="synthetic", kind="embedded", data_source="synthetic")])
+    rl_sources: list[SourceSpec] = Field(
+        default_factory=lambda: [SourceSpec(name="synthetic", kind="embedded", data_source="synthetic")], description=(
+            "datasets of RL prompts (id, problem, answer), concatenated and deduplicated; a local file is a "
+            "dependency of prepare"))
     synthetic: SyntheticTask = Field(default_factory=SyntheticTask)
-    val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
-    max_problems: int | None = Field(None, gt=0)
-    out_dir: str = "data/prepared"
+    val_fraction: float = Field(
+        0.05, ge=0.0, lt=1.0, description="share of RL prompts held out for validation during training")
+    max_problems: int | None = Field(
+        None, gt=0, description="keep only the first N RL problems (quick runs); None: all")
+    out_dir: str = Field("data/prepared", description="prepare's output directory")
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,44 +102,62 @@ class DataConfig(_Section):
 class EndpointConfig(_Section):
     """A teacher behind an OpenAI-compatible `/v1/chat/completions` route (vLLM, SGLang, a provider)."""
 
-    base_url: str = "http://127.0.0.1:8000/v1"
-    model: str = "teacher"
-    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this variable, never from params, never logged
-    concurrency: int = Field(8, ge=1)  # requests in flight at once
-    max_retries: int = Field(5, ge=0)  # per request, on 429/5xx/timeouts/connection errors/malformed replies
-    backoff_s: float = Field(1.0, ge=0.0)  # first retry delay; doubled each retry (with jitter)
-    backoff_max_s: float = Field(60.0, ge=0.0)  # cap on one delay (a 429's Retry-After is honoured up to it)
-    timeout_s: float = Field(600.0, gt=0.0)  # per request (long reasoning traces are slow without streaming)
-    send_seed: bool = True  # send a per-sample `seed` (reproducible sampling where the server supports it)
-    extra_body: dict[str, Any] = Field(default_factory=dict)  # merged into each request (e.g. {top_k: 20})
+    base_url: str = Field(
+        "http://127.0.0.1:8000/v1", description="the teacher's OpenAI-compatible base URL (ending in /v1)")
+    model: str = Field("teacher", description="model name sent in each request")
+    api_key_env: str = Field("OPENAI_API_KEY", description=(
+        "the key is read from this variable, never from params, never logged"))
+    concurrency: int = Field(8, ge=1, description="requests in flight at once")
+    max_retries: int = Field(5, ge=0, description=(
+        "per request, on 429/5xx/timeouts/connection errors/malformed replies"))
+    backoff_s: float = Field(1.0, ge=0.0, description="first retry delay; doubled each retry (with jitter)")
+    backoff_max_s: float = Field(60.0, ge=0.0, description=(
+        "cap on one delay (a 429's Retry-After is honoured up to it)"))
+    timeout_s: float = Field(600.0, gt=0.0, description=(
+        "per request (long reasoning traces are slow without streaming)"))
+    send_seed: bool = Field(True, description=(
+        "send a per-sample `seed` (reproducible sampling where the server supports it)"))
+    extra_body: dict[str, Any] = Field(default_factory=dict, description=(
+        "merged into each request (e.g. {top_k: 20})"))
 
 
 class DemosConfig(_Section):
     """`bridgerl build-demos`: where traces come from and how they are filtered (see bridgerl.demos)."""
 
-    source: Literal["embedded", "endpoint", "hf_model", "dataset"] = "embedded"
+    source: Literal["embedded", "endpoint", "hf_model", "dataset"] = Field(
+        "embedded", description=(
+            "embedded: the built-in teacher; endpoint: an OpenAI-compatible server; hf_model: a transformers "
+            "model; dataset: existing traces"))
     endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
-    hf_model: str | None = None  # a model id/path generating with transformers (source=hf_model)
-    hf_batch_size: int = Field(8, ge=1)  # prompts per generate() call (source=hf_model)
-    dataset: SourceSpec | None = None  # existing traces (source=dataset); fields map id/problem/answer
-    response_field: str = "solution"  # source=dataset: the trace (a string, a list of strings, or chat messages)
+    hf_model: str | None = Field(None, description="a model id/path generating with transformers (source=hf_model)")
+    hf_batch_size: int = Field(8, ge=1, description="prompts per generate() call (source=hf_model)")
+    dataset: SourceSpec | None = Field(None, description=(
+        "existing traces (source=dataset); fields map id/problem/answer"))
+    response_field: str = Field("solution", description=(
+        "source=dataset: the trace (a string, a list of strings, or chat messages)"))
     # teacher prompting and sampling (endpoint, hf_model)
-    prompt_template: str = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
-    system_prompt: str | None = None
-    temperature: float = Field(0.7, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(4096, gt=0)  # generation budget per sample
-    samples_per_problem: int = Field(1, ge=1)  # k: rejection sampling (the embedded teacher always makes 1)
-    max_problems: int | None = Field(64, gt=0)  # only the first N problems (of rl_train or the dataset)
+    prompt_template: str = Field(
+        "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}.", description=(
+            "teacher prompt (endpoint, hf_model); must contain {problem}"))
+    system_prompt: str | None = Field(None, description="optional system message sent to the teacher")
+    temperature: float = Field(0.7, ge=0.0, description="teacher sampling temperature")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="teacher nucleus sampling")
+    max_new_tokens: int = Field(4096, gt=0, description="generation budget per sample")
+    samples_per_problem: int = Field(1, ge=1, description=(
+        "k: rejection sampling (the embedded teacher always makes 1)"))
+    max_problems: int | None = Field(64, gt=0, description="only the first N problems (of rl_train or the dataset)")
     # filters
-    select: Literal["shortest", "first"] = "shortest"  # which verified trace of a problem is kept
-    max_tokens: int = Field(4096, gt=0)  # traces longer than this are dropped
-    tokenizer: str | None = None  # counts max_tokens; None: the teacher's own count, else whitespace words
-    decontaminate_ngram: int | None = Field(13, ge=1)  # drop problems sharing an n-gram with a benchmark; None: off
-    decontaminate_exempt: list[str] = Field(default_factory=lambda: ["synthetic"])  # data_sources checked by
-    # exact match only (templated problems share long n-grams by construction)
-    journal_dir: str | None = None  # append-only generation log for resuming; None: "<out_dir>.partial"
-    out_dir: str = "data/demos"
+    select: Literal["shortest", "first"] = Field("shortest", description="which verified trace of a problem is kept")
+    max_tokens: int = Field(4096, gt=0, description="traces longer than this are dropped")
+    tokenizer: str | None = Field(None, description=(
+        "counts max_tokens; None: the teacher's own count, else whitespace words"))
+    decontaminate_ngram: int | None = Field(13, ge=1, description=(
+        "drop problems sharing an n-gram with a benchmark; None: off"))
+    decontaminate_exempt: list[str] = Field(default_factory=lambda: ["synthetic"], description=(
+        "data_sources checked by exact match only (templated problems share long n-grams by construction)"))
+    journal_dir: str | None = Field(None, description=(
+        'append-only generation log for resuming; None: "<out_dir>.partial"'))
+    out_dir: str = Field("data/demos", description="build-demos' output directory")
 
     @field_validator("prompt_template")
     @classmethod
@@ -155,20 +181,24 @@ class DemosConfig(_Section):
 class TinyModel(_Section):
     """The embedded default's tiny causal LM, built from a config and briefly pre-trained."""
 
-    vocab_size: int = Field(384, ge=64)
-    hidden_size: int = Field(128, gt=0)
-    intermediate_size: int = Field(256, gt=0)
-    num_layers: int = Field(2, gt=0)
-    num_heads: int = Field(4, gt=0)
-    max_position: int = Field(256, gt=0)
-    pretrain_steps: int = Field(1200, ge=0)
-    pretrain_batch: int = Field(32, gt=0)
-    pretrain_lr: float = Field(3e-3, gt=0.0)
-    pretrain_examples: int = Field(6000, gt=0)
-    reasoning_fraction: float = Field(0.05, ge=0.0, le=1.0)  # share of pre-training problems showing the steps
-    one_step_fraction: float = Field(0.3, ge=0.0, le=1.0)  # share of pre-training problems with one operation
-    arithmetic_fraction: float = Field(0.3, ge=0.0, lt=1.0)  # share of bare equation chains ("3 + 4 = 7.")
-    worked_fraction: float = Field(0.3, ge=0.0, lt=1.0)  # share of worked examples without the instruction
+    vocab_size: int = Field(384, ge=64, description="tokenizer vocabulary size of the tiny LM")
+    hidden_size: int = Field(128, gt=0, description="hidden size")
+    intermediate_size: int = Field(256, gt=0, description="MLP size")
+    num_layers: int = Field(2, gt=0, description="transformer layers")
+    num_heads: int = Field(4, gt=0, description="attention heads (must divide hidden_size)")
+    max_position: int = Field(256, gt=0, description="longest sequence")
+    pretrain_steps: int = Field(1200, ge=0, description="pre-training steps of the tiny LM (0: none)")
+    pretrain_batch: int = Field(32, gt=0, description="pre-training batch size")
+    pretrain_lr: float = Field(3e-3, gt=0.0, description="pre-training learning rate")
+    pretrain_examples: int = Field(6000, gt=0, description="pre-training examples generated")
+    reasoning_fraction: float = Field(0.05, ge=0.0, le=1.0, description=(
+        "share of pre-training problems showing the steps"))
+    one_step_fraction: float = Field(0.3, ge=0.0, le=1.0, description=(
+        "share of pre-training problems with one operation"))
+    arithmetic_fraction: float = Field(0.3, ge=0.0, lt=1.0, description=(
+        'share of bare equation chains ("3 + 4 = 7.")'))
+    worked_fraction: float = Field(0.3, ge=0.0, lt=1.0, description=(
+        "share of worked examples without the instruction"))
 
     @model_validator(mode="after")
     def _fractions(self) -> "TinyModel":
@@ -184,50 +214,57 @@ class TinyModel(_Section):
 
 
 class ModelConfig(_Section):
-    base: str = "embedded"  # "embedded", a hub id, or a local model directory
-    revision: str | None = None
+    base: str = Field("embedded", description='"embedded", a hub id, or a local model directory')
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit) of model.base")
     tiny: TinyModel = Field(default_factory=TinyModel)
-    # auto: init-model keeps the checkpoint's dtype (transformers' dtype="auto"); training and evaluation
-    # compute in bf16 on GPU, fp32 on CPU
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    out_dir: str = "models/base"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description=(
+        "auto: init-model keeps the checkpoint's dtype (transformers' dtype=\"auto\"); training and evaluation "
+        "compute in bf16 on GPU, fp32 on CPU"))
+    out_dir: str = Field("models/base", description="init-model's output directory (the base model)")
 
 
 # --------------------------------------------------------------------------------------------
 # train
 # --------------------------------------------------------------------------------------------
 class LoraConfig(_Section):
-    r: int = Field(16, gt=0)
-    alpha: int = Field(16, gt=0)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] | str = "all-linear"
+    r: int = Field(16, gt=0, description="LoRA rank of the adapter w")
+    alpha: int = Field(16, gt=0, description="LoRA scaling alpha")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout")
+    target_modules: list[str] | str = Field(
+        "all-linear", description="modules the adapter wraps (`all-linear` or a list of names)")
 
 
 class GrpoConfig(_Section):
-    group_size: int = Field(5, ge=2)
-    clip_eps: float = Field(0.2, gt=0.0)
-    clip_eps_high: float | None = Field(None, gt=0.0)  # None: same as clip_eps
-    kl_coef: float = Field(1e-3, ge=0.0)  # 0: no reference model is loaded
-    scale_rewards: bool = True  # divide advantages by the group std
-    loss_agg: Literal["token", "sequence"] = "token"
-    ppo_epochs: int = Field(1, ge=1)
-    mini_batches: int = Field(1, ge=1)  # per rollout batch
-    temperature: float = Field(1.0, gt=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(64, gt=0)
-    reward_correct: float = 1.0
-    reward_wrong: float = 0.0  # the spec's equations use -1: set it here
-    # KL reference π_ref: the initial model, or the policy when its RL starts (differs for cold_start only,
-    # whose RL phase starts from the SFT model, as a separate RL run from the SFT checkpoint would)
-    ref_model: Literal["initial", "rl_start"] = "rl_start"
+    group_size: int = Field(5, ge=2, description="rollouts per prompt (G); advantages are normalised within a group")
+    clip_eps: float = Field(
+        0.2, gt=0.0, description="PPO ratio clipping ε (lower side; also the upper side unless clip_eps_high)")
+    clip_eps_high: float | None = Field(None, gt=0.0, description="None: same as clip_eps")
+    kl_coef: float = Field(1e-3, ge=0.0, description="0: no reference model is loaded")
+    scale_rewards: bool = Field(True, description="divide advantages by the group std")
+    loss_agg: Literal["token", "sequence"] = Field(
+        "token", description=(
+            "token: average over all tokens of the batch; sequence: per sequence, then over sequences"))
+    ppo_epochs: int = Field(1, ge=1, description="passes over each rollout batch")
+    mini_batches: int = Field(1, ge=1, description="per rollout batch")
+    temperature: float = Field(1.0, gt=0.0, description="rollout sampling temperature")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="rollout nucleus sampling")
+    max_new_tokens: int = Field(64, gt=0, description="rollout length budget")
+    reward_correct: float = Field(1.0, description="reward of a verified answer")
+    reward_wrong: float = Field(0.0, description="the spec's equations use -1: set it here")
+    ref_model: Literal["initial", "rl_start"] = Field("rl_start", description=(
+        "KL reference π_ref: the initial model, or the policy when its RL starts (differs for cold_start only, "
+        "whose RL phase starts from the SFT model, as a separate RL run from the SFT checkpoint would)"))
 
 
 class BridgeConfig(_Section):
-    lam: float = Field(0.5, ge=0.0, le=1.0)
-    lam_schedule: Literal["constant", "linear", "epoch_step"] = "constant"
-    lam_start: float = Field(0.1, ge=0.0, le=1.0)  # schedules go from lam_start to lam
-    lam_epoch_increment: float = Field(0.1, ge=0.0, le=1.0)  # epoch_step: added each epoch
-    shadow_steps: int = Field(1, ge=1)
+    lam: float = Field(
+        0.5, ge=0.0, le=1.0, description=(
+            "λ: weight of the SFT term in the cooperative objective (schedules end here)"))
+    lam_schedule: Literal["constant", "linear", "epoch_step"] = Field(
+        "constant", description="constant, linear (lam_start → lam over training) or epoch_step")
+    lam_start: float = Field(0.1, ge=0.0, le=1.0, description="schedules go from lam_start to lam")
+    lam_epoch_increment: float = Field(0.1, ge=0.0, le=1.0, description="epoch_step: added each epoch")
+    shadow_steps: int = Field(1, ge=1, description="RL steps of the shadow θ̂ per iteration")
 
 
 _DS_BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
@@ -236,14 +273,14 @@ _DS_BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradien
 class DistributedConfig(_Section):
     """Data parallelism under torchrun with DeepSpeed ZeRO (bridgerl.train.engines and .parallel, docs/distributed.md)."""
 
-    strategy: Literal["none", "zero2", "zero3"] = "none"  # none: one process, no DeepSpeed
-    offload: bool = False  # ZeRO-Offload: optimizer state (zero3: also parameters) in CPU memory
-    nproc: int = Field(1, ge=1)  # processes `bridgerl train` spawns on this node (`--nproc` overrides)
-    backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on GPU, gloo on CPU
-    # sample rollouts with per-(step, prompt, sample) seeds: identical rollouts for any number of processes
-    seeded_rollouts: bool = False
-    # merged over the generated DeepSpeed config (bucket sizes, comms_logger, ...); batch sizes are derived
-    deepspeed: dict[str, Any] = Field(default_factory=dict)
+    strategy: Literal["none", "zero2", "zero3"] = Field("none", description="none: one process, no DeepSpeed")
+    offload: bool = Field(False, description="ZeRO-Offload: optimizer state (zero3: also parameters) in CPU memory")
+    nproc: int = Field(1, ge=1, description="processes `bridgerl train` spawns on this node (`--nproc` overrides)")
+    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="auto: nccl on GPU, gloo on CPU")
+    seeded_rollouts: bool = Field(False, description=(
+        "sample rollouts with per-(step, prompt, sample) seeds: identical rollouts for any number of processes"))
+    deepspeed: dict[str, Any] = Field(default_factory=dict, description=(
+        "merged over the generated DeepSpeed config (bucket sizes, comms_logger, ...); batch sizes are derived"))
 
     @field_validator("deepspeed")
     @classmethod
@@ -263,46 +300,50 @@ class DistributedConfig(_Section):
 class RolloutConfig(_Section):
     """How rollouts are generated (bridgerl.rollout, docs/rollout.md); not yet read by the trainer."""
 
-    backend: Literal["auto", "hf", "vllm"] = "auto"  # auto: vllm when the package is importable, else hf
-    gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0)  # vllm on GPU: its share, next to training
-    tensor_parallel_size: int = Field(1, ge=1)  # vllm on GPU
-    sleep: bool = True  # vllm on GPU: free its memory between rollout batches (when the installed vllm can)
-    kv_cache_gb: float | None = Field(None, gt=0.0)  # vllm KV cache size; None: 1 GiB on CPU, on GPU what
-    #                                                  gpu_memory_utilization leaves
-    max_model_len: int | None = Field(None, gt=0)  # vllm: longest prompt + response; None: the model's own limit
+    backend: Literal["auto", "hf", "vllm"] = Field("auto", description=(
+        "auto: vllm when the package is importable, else hf"))
+    gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0, description="vllm on GPU: its share, next to training")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm on GPU")
+    sleep: bool = Field(True, description=(
+        "vllm on GPU: free its memory between rollout batches (when the installed vllm can)"))
+    kv_cache_gb: float | None = Field(None, gt=0.0, description=(
+        "vllm KV cache size; None: 1 GiB on CPU, on GPU what gpu_memory_utilization leaves"))
+    max_model_len: int | None = Field(None, gt=0, description=(
+        "vllm: longest prompt + response; None: the model's own limit"))
 
 
 class TrainConfig(_Section):
-    method: Method = "bridge"
-    steps: int = Field(60, ge=1)  # iterations (RL steps for cold_start; SFT steps for sft)
-    epochs: int | None = Field(None, ge=1)  # if set, overrides steps: passes over the RL prompts
-    prompt_batch: int = Field(8, ge=1)
-    demo_batch: int = Field(8, ge=1)
-    lr_theta: float = Field(1e-4, gt=0.0)  # α: base weights θ and the shadow θ̂
-    lr_w: float = Field(1e-3, gt=0.0)  # β: the LoRA adapter w
-    optimizer: Literal["adamw", "sgd"] = "adamw"  # the spec leaves it open; AdamW is our default
-    weight_decay: float = Field(0.0, ge=0.0)
-    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0)
-    adam_beta2: float = Field(0.999, ge=0.0, lt=1.0)
-    adam_eps: float = Field(1e-8, gt=0.0)
-    warmup_steps: int = Field(0, ge=0)
-    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    method: Method = Field(
+        "bridge", description="bridge or a baseline: sft, rl_zero, cold_start, alternating, mixed, bridge_frozen_w")
+    steps: int = Field(60, ge=1, description="iterations (RL steps for cold_start; SFT steps for sft)")
+    epochs: int | None = Field(None, ge=1, description="if set, overrides steps: passes over the RL prompts")
+    prompt_batch: int = Field(8, ge=1, description="RL prompts per step (each sampled group_size times)")
+    demo_batch: int = Field(8, ge=1, description="SFT demonstrations per step")
+    lr_theta: float = Field(1e-4, gt=0.0, description="α: base weights θ and the shadow θ̂")
+    lr_w: float = Field(1e-3, gt=0.0, description="β: the LoRA adapter w")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="the spec leaves it open; AdamW is our default")
+    weight_decay: float = Field(0.0, ge=0.0, description="optimizer weight decay")
+    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW β1")
+    adam_beta2: float = Field(0.999, ge=0.0, lt=1.0, description="AdamW β2")
+    adam_eps: float = Field(1e-8, gt=0.0, description="AdamW ε")
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up steps")
+    max_grad_norm: float | None = Field(1.0, gt=0.0, description="gradient clipping norm; None: no clipping")
     grpo: GrpoConfig = Field(default_factory=GrpoConfig)
     bridge: BridgeConfig = Field(default_factory=BridgeConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
-    mixed_mu: float = Field(0.5, ge=0.0, le=1.0)
-    cold_start_sft_steps: int = Field(30, ge=0)
-    sft_max_tokens: int = Field(512, gt=0)
-    eval_every: int = Field(10, ge=0)  # held-out accuracy during training (0: off)
-    eval_items: int = Field(100, ge=1)
-    save_every: int = Field(10, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
+    mixed_mu: float = Field(0.5, ge=0.0, le=1.0, description="mixed: weight of the SFT loss in the summed objective")
+    cold_start_sft_steps: int = Field(30, ge=0, description="cold_start: SFT steps before RL")
+    sft_max_tokens: int = Field(512, gt=0, description="demonstrations are truncated to this many tokens")
+    eval_every: int = Field(10, ge=0, description="held-out accuracy during training (0: off)")
+    eval_items: int = Field(100, ge=1, description="held-out items per evaluation during training")
+    save_every: int = Field(10, ge=1, description="checkpoint every N steps")
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept")
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    out_dir: str = "models/trained"
-    checkpoint_dir: str = "checkpoints/train"
-    metrics_file: str = "metrics/train.json"
-    plots_file: str = "plots/train_curve.csv"
+    out_dir: str = Field("models/trained", description="the trained model (θ with w merged)")
+    checkpoint_dir: str = Field("checkpoints/train", description="checkpoints for --resume (not a DVC output)")
+    metrics_file: str = Field("metrics/train.json", description="final training metrics (DVC metrics)")
+    plots_file: str = Field("plots/train_curve.csv", description="the training curve, one row per step (DVC plots)")
 
     @model_validator(mode="after")
     def _minibatches_fit(self) -> "TrainConfig":
@@ -324,30 +365,38 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     """`bridgerl evaluate`: which benchmarks, how to prompt, generate and score (docs/evaluation.md)."""
 
-    # names from bridgerl.data.sources.KNOWN (math500, minerva_math, olympiadbench, aime24, amc23,
-    # gsm8k, synthetic) or any name defined under `sources`
-    benchmarks: list[str] = Field(default_factory=lambda: ["synthetic"])
-    sources: dict[str, SourceSpec] = Field(default_factory=dict)  # new benchmarks / overrides of the built-in sources
-    max_items: int | None = Field(None, gt=0)  # first N items of each benchmark (quick runs)
-    backend: Literal["auto", "hf", "vllm"] = "auto"  # auto: vllm if installed and CUDA is available, else hf
-    batch_size: int = Field(32, ge=1)  # prompts per generate() call (hf backend)
-    max_new_tokens: int = Field(64, gt=0)
-    samples: int = Field(1, ge=1)  # k of avg@k for every benchmark; 1 with temperature 0 is greedy pass@1
-    samples_per_benchmark: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)  # e.g. {aime24: 8}
-    temperature: float = Field(0.0, ge=0.0)  # for benchmarks with k = 1 (0: greedy)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    sampling_temperature: float = Field(0.6, gt=0.0)  # for benchmarks with k > 1 (avg@k needs sampling)
-    sampling_top_p: float = Field(0.95, gt=0.0, le=1.0)
-    # the tiny model's form (the instruction first, as in its worked examples); presets set the usual
-    # "{problem}\n<instruction>" form
-    prompt_template: str = "Please reason step by step, and put your final answer within \\boxed{{}}.\n{problem}"
-    use_chat_template: bool = True  # through the tokenizer's chat template when it has one
-    verify_timeout_s: float = Field(5.0, gt=0.0)  # per-item budget of math-verify (guarded worker process)
-    vllm_gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
-    vllm_tensor_parallel_size: int = Field(1, ge=1)
-    vllm_max_model_len: int | None = Field(None, gt=0)  # None: the model's own limit
-    out_dir: str = "eval"  # per-item JSONL, one file per benchmark
-    metrics_file: str = "metrics/eval.json"
+    benchmarks: list[str] = Field(default_factory=lambda: ["synthetic"], description=(
+        "names from bridgerl.data.sources.KNOWN (math500, minerva_math, olympiadbench, aime24, amc23, gsm8k, "
+        "synthetic) or any name defined under `sources`"))
+    sources: dict[str, SourceSpec] = Field(default_factory=dict, description=(
+        "new benchmarks / overrides of the built-in sources"))
+    max_items: int | None = Field(None, gt=0, description="first N items of each benchmark (quick runs)")
+    backend: Literal["auto", "hf", "vllm"] = Field("auto", description=(
+        "auto: vllm if installed and CUDA is available, else hf"))
+    batch_size: int = Field(32, ge=1, description="prompts per generate() call (hf backend)")
+    max_new_tokens: int = Field(64, gt=0, description="generation budget per answer")
+    samples: int = Field(1, ge=1, description="k of avg@k for every benchmark; 1 with temperature 0 is greedy pass@1")
+    samples_per_benchmark: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict, description=(
+        "e.g. {aime24: 8}"))
+    temperature: float = Field(0.0, ge=0.0, description="for benchmarks with k = 1 (0: greedy)")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling for benchmarks with k = 1")
+    sampling_temperature: float = Field(0.6, gt=0.0, description="for benchmarks with k > 1 (avg@k needs sampling)")
+    sampling_top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling for benchmarks with k > 1")
+    prompt_template: str = Field(
+        "Please reason step by step, and put your final answer within \\boxed{{}}.\n{problem}", description=(
+        "the evaluation (and rollout) prompt; must contain {problem}; literal braces as {{ }}. The default is the tiny "
+        "model's form (the instruction first, as in its worked examples); presets set the usual "
+        "\"{problem}\\n<instruction>\" form"))
+    use_chat_template: bool = Field(True, description="through the tokenizer's chat template when it has one")
+    verify_timeout_s: float = Field(5.0, gt=0.0, description=(
+        "per-item budget of math-verify (guarded worker process)"))
+    vllm_gpu_memory_utilization: float = Field(
+        0.9, gt=0.0, le=1.0, description="vLLM: share of GPU memory it may use")
+    vllm_tensor_parallel_size: int = Field(1, ge=1, description="vLLM: GPUs per model")
+    vllm_max_model_len: int | None = Field(None, gt=0, description="None: the model's own limit")
+    out_dir: str = Field("eval", description="per-item JSONL, one file per benchmark")
+    metrics_file: str = Field(
+        "metrics/eval.json", description="accuracy per benchmark and avg_accuracy (DVC metrics)")
 
     @field_validator("prompt_template")
     @classmethod
@@ -393,37 +442,46 @@ warnings.filterwarnings("ignore", message='Field name "register" in "RegistryCon
 class RegistryConfig(_Section):
     """`bridgerl register/promote/rollback`: the registered model, the promotion gate, retries."""
 
-    model_name: str = Field("bridgerl-default", min_length=1)  # the MLflow registered model
-    metric: str = "avg_accuracy"  # gate metric: a key of eval.metrics_file (avg_accuracy or <benchmark>_accuracy)
-    margin: float = Field(0.0, ge=0.0)  # a version must beat the champion's metric by at least this (and strictly)
-    min_metric: float | None = None  # never promote below this value (the first champion included)
-    auto_promote: bool = False  # the register stage also runs the promotion gate on the new version
-    # whether `bridgerl register` registers: auto = yes, except inside `dvc exp run` ($DVC_EXP_NAME set),
-    # where experiments are compared with `dvc exp show` and the registry is left alone; true / false = always / never
-    register: Literal["auto"] | bool = "auto"
-    max_retries: int = Field(4, ge=0)  # retries of each call to a tracking server that is down or slow
-    backoff_s: float = Field(1.0, ge=0.0)  # delay before the first retry; doubles at each retry
-    timeout_s: int = Field(60, ge=1)  # per HTTP request to the tracking server
-    pending_grace_s: float = Field(3600.0, ge=0.0)  # `register` deletes older abandoned pending versions
-    out_file: str = "metrics/register.json"
+    model_name: str = Field("bridgerl-default", min_length=1, description="the MLflow registered model")
+    metric: str = Field("avg_accuracy", description=(
+        "gate metric: a key of eval.metrics_file (avg_accuracy or <benchmark>_accuracy)"))
+    margin: float = Field(0.0, ge=0.0, description=(
+        "a version must beat the champion's metric by at least this (and strictly)"))
+    min_metric: float | None = Field(None, description="never promote below this value (the first champion included)")
+    auto_promote: bool = Field(False, description=(
+        "the register stage also runs the promotion gate on the new version"))
+    register: Literal["auto"] | bool = Field("auto", description=(
+        "whether `bridgerl register` registers: auto = yes, except inside `dvc exp run` ($DVC_EXP_NAME set), "
+        "where experiments are compared with `dvc exp show` and the registry is left alone; true / false = "
+        "always / never"))
+    max_retries: int = Field(4, ge=0, description="retries of each call to a tracking server that is down or slow")
+    backoff_s: float = Field(1.0, ge=0.0, description="delay before the first retry; doubles at each retry")
+    timeout_s: int = Field(60, ge=1, description="per HTTP request to the tracking server")
+    pending_grace_s: float = Field(3600.0, ge=0.0, description="`register` deletes older abandoned pending versions")
+    out_file: str = Field(
+        "metrics/register.json", description="what register did: name, version, run id, aliases (DVC metrics)")
 
 
 class TrackingConfig(_Section):
-    experiment: str = "bridgerl"
-    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else a local SQLite store
-    local_db: str = "mlruns.db"  # relative: from the project root ($DVC_ROOT, or where params.yaml/dvc.yaml are)
-    enabled: bool = True
-    system_metrics: bool = True  # CPU/GPU utilisation and memory of the train run (MLflow system metrics; psutil,
-    # GPUs through nvidia-ml-py when installed)
-    system_metrics_interval_s: float = Field(10.0, gt=0.0)
+    experiment: str = Field("bridgerl", description="MLflow experiment name")
+    uri: str | None = Field(None, description="None: $MLFLOW_TRACKING_URI, else a local SQLite store")
+    local_db: str = Field("mlruns.db", description=(
+        "SQLite file of the local store (when no tracking server is set); relative: from the project root "
+        "($DVC_ROOT, or where params.yaml/dvc.yaml are)"))
+    enabled: bool = Field(True, description="log runs to MLflow")
+    system_metrics: bool = Field(True, description=(
+        "CPU/GPU utilisation and memory of the train run (MLflow system metrics; psutil, GPUs through nvidia-ml-py "
+        "when installed)"))
+    system_metrics_interval_s: float = Field(10.0, gt=0.0, description="seconds between system metrics samples")
 
 
 class Config(_Section):
-    seed: int = Field(0, ge=0)
-    preset: str | None = None
-    # torch intra-op threads per process; None: the process's share of the cores (cores / local processes;
-    # $BRIDGERL_TORCH_THREADS or $OMP_NUM_THREADS when set): src/bridgerl/threads.py
-    threads: int | None = Field(None, ge=1)
+    seed: int = Field(0, ge=0, description="seed of every random choice (data split, sampling, initialisation)")
+    preset: str | None = Field(
+        None, description="a preset name (src/bridgerl/presets) or YAML path layered under this file")
+    threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads per process; unset: the process's share of the cores "
+        "(cores it may use / processes on its node), or $BRIDGERL_TORCH_THREADS / $OMP_NUM_THREADS when set")
     data: DataConfig = Field(default_factory=DataConfig)
     demos: DemosConfig = Field(default_factory=DemosConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

@@ -39,30 +39,42 @@ def digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def directories(cfg: Config) -> dict[str, str]:
-    """Lineage key → directory of each artifact the pipeline passes between stages."""
-    return {"prepared_data": cfg.data.out_dir, "demos": cfg.demos.out_dir, "base_model": cfg.model.out_dir,
-            "trained_model": cfg.train.out_dir, "eval_outputs": cfg.eval.out_dir}
+# lineage key of each directory the pipeline passes between stages, by the configuration key holding it;
+# which stage reads and writes which comes from the stage table (bridgerl.stages.contracts)
+LINEAGE_KEYS = {"data.out_dir": "prepared_data", "demos.out_dir": "demos", "model.out_dir": "base_model",
+                "train.out_dir": "trained_model", "eval.out_dir": "eval_outputs"}
 
 
-# stage → (artifacts it reads, artifacts it writes), as lineage keys of `directories`
-STAGE_ARTIFACTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "prepare": ((), ("prepared_data",)),
-    "init-model": ((), ("base_model",)),
-    "build-demos": (("prepared_data",), ("demos",)),
-    "train": (("prepared_data", "demos", "base_model"), ("trained_model",)),
-    "evaluate": (("trained_model", "prepared_data"), ("eval_outputs",)),
-    "register": (("trained_model",), ()),
-}
+def stage_artifacts(stage: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(lineage key → config key) of the directories `stage` reads and of those it writes."""
+    from bridgerl.stages.contracts import STAGES
+
+    s = STAGES.get(stage)
+    if s is None:
+        return {}, {}
+    pick = lambda ios: {LINEAGE_KEYS[x.key]: x.key for x in ios if x.key in LINEAGE_KEYS}  # noqa: E731
+    return pick(s.inputs), pick(s.outputs)
+
+
+def _path(cfg: Config, key: str) -> Path:
+    from bridgerl.stages.contracts import lookup_attr
+
+    return Path(lookup_attr(cfg, key))
 
 
 def datasets(cfg: Config, stage: str) -> list[tuple[Path, str]]:
     """(file, context) of the data files a stage reads, for `mlflow.log_input`."""
-    data, demos = Path(cfg.data.out_dir), Path(cfg.demos.out_dir)
-    files = {"train": [(data / "rl_train.jsonl", "training"), (data / "rl_val.jsonl", "validation"),
-                       (demos / "demos.jsonl", "demos")],
-             "build-demos": [(data / "rl_train.jsonl", "training")],
-             "evaluate": [(p, "evaluation") for p in sorted((data / "eval").glob("*.jsonl"))]}.get(stage, [])
+    if stage not in ("train", "build-demos", "evaluate"):  # (reads only the paths this stage's contract has)
+        return []
+    data = Path(cfg.data.out_dir)
+    if stage == "train":
+        demos = Path(cfg.demos.out_dir)
+        files = [(data / "rl_train.jsonl", "training"), (data / "rl_val.jsonl", "validation"),
+                 (demos / "demos.jsonl", "demos")]
+    elif stage == "build-demos":
+        files = [(data / "rl_train.jsonl", "training")]
+    else:
+        files = [(p, "evaluation") for p in sorted((data / "eval").glob("*.jsonl"))]
     return [(p, ctx) for p, ctx in files if p.is_file()]
 
 
@@ -75,10 +87,9 @@ def log_inputs(mlflow, cfg: Config, stage: str) -> dict[str, str]:
         ds = MetaDataset(LocalArtifactDatasetSource(str(path.resolve())), name=path.stem, digest=digest(path)[:16])
         mlflow.log_input(ds, context=context)
     tags = {}
-    dirs = directories(cfg)
-    for key in STAGE_ARTIFACTS.get(stage, ((), ()))[0]:
-        if Path(dirs[key]).exists():
-            tags[INPUT_TAG + key] = digest(dirs[key])
+    for key, cfg_key in stage_artifacts(stage)[0].items():
+        if _path(cfg, cfg_key).exists():
+            tags[INPUT_TAG + key] = digest(_path(cfg, cfg_key))
     if tags:
         mlflow.set_tags(tags)
     return tags
@@ -86,8 +97,8 @@ def log_inputs(mlflow, cfg: Config, stage: str) -> dict[str, str]:
 
 def log_outputs(mlflow, client, cfg: Config, stage: str, parent_run_id: str | None) -> dict[str, str]:
     """Tag the stage run (and the parent pipeline run) with the hashes of what the stage wrote."""
-    dirs = directories(cfg)
-    hashes = {key: digest(dirs[key]) for key in STAGE_ARTIFACTS.get(stage, ((), ()))[1] if Path(dirs[key]).exists()}
+    hashes = {key: digest(_path(cfg, cfg_key)) for key, cfg_key in stage_artifacts(stage)[1].items()
+              if _path(cfg, cfg_key).exists()}
     if hashes:
         mlflow.set_tags({OUTPUT_TAG + k: v for k, v in hashes.items()})
         if parent_run_id:

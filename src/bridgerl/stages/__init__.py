@@ -1,4 +1,4 @@
 """One module per pipeline stage; each exposes `run(cfg, ...)` and is called by `bridgerl <stage>`.
 
-Stage contracts (inputs → outputs) are documented in docs/stages.md.
+Each stage's contract (params, inputs, outputs) is declared once in `contracts.py`.
 """
