@@ -24,8 +24,9 @@ from typing import Any
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/bridgerl
 RESOLVED_DIR = "resolved"  # resolve-config's outputs: one configuration slice per stage
-# read by every stage but not part of any result: where results are logged (never a reason to rerun)
-RUN_LEVEL = ("tracking",)
+# read by every stage but not part of any result: where results are logged, how many threads compute them
+# (never a reason to rerun)
+RUN_LEVEL = ("tracking", "threads")
 
 
 @dataclass(frozen=True)
