@@ -33,11 +33,6 @@ class Method:
             return "sft"
         return self.update
 
-    def update_fn(self, phase: str | None = None):
-        from bridgerl.train.updates import UPDATES
-
-        return UPDATES[phase or self.update]
-
 
 _TABLE = (
     Method("sft", "SFT only on the demonstrations", "sft", rl=False, sft=True, color="#7f7f7f"),

@@ -42,7 +42,7 @@ from bridgerl.train.parallel import (
     weigh,
 )
 from bridgerl.train.seeded_sampling import SeededSampling, row_seeds
-from bridgerl.train.updates import Ctx, rl_logprobs
+from bridgerl.train.updates import UPDATES, Ctx, rl_logprobs
 
 
 # ------------------------------------------------------------------------------------------------
@@ -240,7 +240,7 @@ class Trainer:
             tokens += sft.n_tokens
         if phase == "bridge":
             lam = metrics["lambda"] = lam_at(self.cfg, self.step, self.total_steps, self.rl_sampler.epoch)
-        metrics.update(self.spec.update_fn(phase)(self.ctx, rl, sft, lam))
+        metrics.update(UPDATES[phase](self.ctx, rl, sft, lam))
         if self.engine.grad_norm is not None:
             metrics["grad_norm"] = self.engine.grad_norm
         self.scheduler.step()
