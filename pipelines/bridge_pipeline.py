@@ -32,8 +32,7 @@ from components.prepare.component import prepare  # noqa: E402
 from components.register.component import register  # noqa: E402
 from components.resolve_config.component import resolve_config  # noqa: E402
 from components.train.component import train  # noqa: E402
-from pipelines.placement import (CHECKPOINT_MOUNT, PLACEMENT, mount_checkpoints, place, use_run_id,  # noqa: E402
-                                 use_secrets)
+from pipelines.placement import CHECKPOINT_MOUNT, PLACEMENT, mount_checkpoints, place, use_run_id, use_secrets  # noqa: E402
 
 PARAMS_YAML = (ROOT / "params.yaml").read_text()
 MLFLOW_URI = "http://mlflow:5000"  # the tracking Service of k8s/ in the run's namespace

@@ -24,10 +24,8 @@ from components.prepare.component import prepare  # noqa: E402
 from components.report.component import report  # noqa: E402
 from components.resolve_config.component import resolve_config  # noqa: E402
 from components.train.component import train  # noqa: E402
-from pipelines.bridge_pipeline import (HUB_TOKEN_SECRET, MLFLOW_URI, PARAMS_YAML, TEACHER_KEY_SECRET,  # noqa: E402
-                                       UNSET)
-from pipelines.placement import (CHECKPOINT_MOUNT, PLACEMENT, mount_checkpoints, place, use_run_id,  # noqa: E402
-                                 use_secrets)
+from pipelines.bridge_pipeline import HUB_TOKEN_SECRET, MLFLOW_URI, PARAMS_YAML, TEACHER_KEY_SECRET, UNSET  # noqa: E402
+from pipelines.placement import CHECKPOINT_MOUNT, PLACEMENT, mount_checkpoints, place, use_run_id, use_secrets  # noqa: E402
 
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))

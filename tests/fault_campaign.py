@@ -169,7 +169,7 @@ def campaign(trials: int, seed: int, root: Path) -> dict:
     kills = {s: trials // len(STAGES) + (1 if i < trials % len(STAGES) else 0) for i, s in enumerate(STAGES)}
     done, log = 0, []
     for stage in STAGES:
-        for k in range(kills[stage]):
+        for _ in range(kills[stage]):
             delay = rng.uniform(0.0, durations[stage])
             before_journal = journal_records(work)
             pid = start(work, stage, root / "killed.log")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import teacher_server
-from conftest import REPO, SHARED_DATA, make_cfg, path_overrides, FAST, run_cli
+from conftest import FAST, REPO, SHARED_DATA, make_cfg, path_overrides, run_cli
 
 from bridgerl.demos.filters import Decontaminator, filter_problems
 from bridgerl.io import read_jsonl

@@ -72,7 +72,7 @@ def test_shards_follow_the_minibatches():
     n, world, blocks = 12, 2, 3
     shards = [P.shard_positions(n, world, r, blocks) for r in range(world)]
     assert sorted(p for s in shards for p in s) == list(range(n))
-    for r, s in enumerate(shards):  # rank-local mini-batch k lies inside global mini-batch k
+    for s in shards:  # rank-local mini-batch k lies inside global mini-batch k
         local_blocks = [s[i * 2:(i + 1) * 2] for i in range(blocks)]
         for k, lb in enumerate(local_blocks):
             assert all(k * 4 <= p < (k + 1) * 4 for p in lb)

@@ -4,8 +4,8 @@ project's own lower bounds (pyproject.toml), which reflect what the code needs (
 from __future__ import annotations
 
 import re
-import tomllib
 
+import tomllib
 from conftest import REPO
 from packaging.requirements import Requirement
 from packaging.version import Version

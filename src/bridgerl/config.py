@@ -8,9 +8,9 @@ the command before any work starts, with an error naming the key and the value.
 from __future__ import annotations
 
 import copy
-import warnings
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -406,7 +406,8 @@ class EvalConfig(_Section):
         try:
             v.format(problem="")
         except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"prompt_template is not a valid format string ({e}); write literal braces as {{{{ }}}}")
+            raise ValueError(f"prompt_template is not a valid format string ({e}); write literal braces as {{{{ }}}}"
+                             ) from None
         return v
 
     @model_validator(mode="before")

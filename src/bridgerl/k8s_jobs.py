@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import re
 import shutil
 import sys
@@ -163,9 +162,9 @@ def build_trainjob(spec: JobSpec) -> dict:
 
 def build_pytorchjob(spec: JobSpec) -> dict:
     """A PyTorchJob (training operator v1): one Master and nodes-1 Workers running the same command."""
-    from kubernetes import client as k
     from kubeflow.training import models as m
     from kubeflow.training.api_client import ApiClient
+    from kubernetes import client as k
 
     mounts = [k.V1VolumeMount(name="dshm", mount_path="/dev/shm")]
     volumes = [k.V1Volume(name="dshm", empty_dir=k.V1EmptyDirVolumeSource(medium="Memory", size_limit=SHM_SIZE))]

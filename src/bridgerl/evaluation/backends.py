@@ -64,10 +64,9 @@ class HFBackend:
 
     def generate(self, prompts: list[str], k: int, temperature: float, top_p: float) -> list[list[Sample]]:
         import torch
+        from tqdm import tqdm
 
         from bridgerl.generation import generate
-
-        from tqdm import tqdm
 
         torch.manual_seed(self.seed)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))

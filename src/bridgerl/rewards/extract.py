@@ -44,7 +44,7 @@ def last_boxed(text: str) -> str | None:
         if end is not None:
             found = (m.start(), text[m.end():end].strip())
     bare = None
-    for bare in _BOX_BARE.finditer(text):
+    for bare in _BOX_BARE.finditer(text):  # noqa: B007 (the last match)
         pass
     if bare is not None and (found is None or bare.start() > found[0]):
         return bare.group(1)
@@ -59,7 +59,7 @@ def extract_answer(text: str) -> str | None:
     if boxed is not None:
         return boxed
     m = None
-    for m in _ANSWER_IS.finditer(text):
+    for m in _ANSWER_IS.finditer(text):  # noqa: B007 (the last match)
         pass
     if m and m.group(1).strip(" $"):
         return m.group(1).strip().strip("$").strip()

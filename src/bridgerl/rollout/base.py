@@ -44,7 +44,7 @@ class RolloutEngine(ABC):
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load new weights, named like the base model's parameters (`merged_weights`), in place."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional: engines without processes have nothing to release)
         """Release the engine's processes and memory (idempotent)."""
 
     def __enter__(self) -> RolloutEngine:

@@ -161,7 +161,8 @@ def card_markdown(card: dict) -> str:
     rows = [
         ("input problems", c["problems"], "", c["problems"]),
         ("deduplicate problems", c["problems"], c["dropped_duplicate"], c["problems"] - c["dropped_duplicate"]),
-        (f"decontaminate ({card['decontamination']['ngram']}-gram vs {', '.join(card['decontamination']['benchmarks']) or 'none'})",
+        (f"decontaminate ({card['decontamination']['ngram']}-gram vs "
+         f"{', '.join(card['decontamination']['benchmarks']) or 'none'})",
          c["problems"] - c["dropped_duplicate"], c["dropped_contaminated"], c["problems_for_traces"]),
         ("teacher samples", "", "", c["samples"]),
         ("verify final answer", c["samples"], c["dropped_wrong_answer"], c["correct"]),

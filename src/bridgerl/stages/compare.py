@@ -78,7 +78,8 @@ def _plot(results: dict, out: Path) -> None:
             n = min(len(c) for c in curves)
             xs = [statistics.fmean(c[i][xkey] for c in curves) for i in range(n)]
             ys = [100 * statistics.fmean(c[i][2] for c in curves) for i in range(n)]
-            ax.plot(xs, ys, marker="o", ms=3, label=method, color=METHODS[method].color if method in METHODS else None, lw=2 if "bridge" == method else 1.3)
+            ax.plot(xs, ys, marker="o", ms=3, label=method, color=METHODS[method].color if method in METHODS else None,
+                    lw=2 if method == "bridge" else 1.3)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("held-out accuracy (%)")
         ax.grid(alpha=0.3)
@@ -143,7 +144,8 @@ def run(cfg: Config, methods: list[str] | None = None, seeds: list[int] | None =
     _ensure_inputs(cfg)
     results: dict = {}
     for method in methods:
-        r = results[method] = {"accuracy": [], "wall_time_s": [], "peak_memory_mb": [], "state_memory_mb": [], "curves": [], "seeds": seeds}
+        r = results[method] = {"accuracy": [], "wall_time_s": [], "peak_memory_mb": [], "state_memory_mb": [],
+                               "curves": [], "seeds": seeds}
         for seed in seeds:
             run_dir = out / "runs" / f"{method}-s{seed}"
             rc = _run_cfg(cfg, method, seed, run_dir)

@@ -113,7 +113,7 @@ def model_card(cfg: Config, metrics: dict[str, float], tags: dict[str, str]) -> 
              + (f" @ {cfg.model.revision}" if cfg.model.revision else "") + " (bridgerl).",
              f"- training: {t.epochs} epoch(s)" if t.epochs else f"- training: {t.steps} steps",
              f"- RL problems: {sources}; demonstrations: {cfg.demos.source}",
-             f"- evaluation: " + ", ".join(f"{k} = {v:.4f}" for k, v in sorted(metrics.items())),
+             "- evaluation: " + ", ".join(f"{k} = {v:.4f}" for k, v in sorted(metrics.items())),
              f"- config digest `{tags.get('params_hash')}`, git `{tags.get('git_commit', '')[:12]}`"]
     data = {k: v for k, v in tags.items() if k.startswith(lineage.PARENT_TAG)}
     if data:
