@@ -44,7 +44,8 @@ def bridgerl_cli(stage: str, config: str, io: dict, sets: list = (), args: list 
     `config` is the task's configuration (the slice resolve-config made for this stage, JSON); `io`
     maps the stage's artifact names (its contract, bridgerl.stages.contracts) to this task's artifact
     paths. The run id comes from the pod (`KFP_RUN_ID`, set from its `pipeline/runid` label), never
-    from an input, so it is not part of the cache key; it groups the run's MLflow runs.
+    from an input, so it is not part of the cache key; it groups the run's MLflow runs. Without a pod
+    (kfp.local) it is the run folder the task's artifact paths lie in.
     `launcher` replaces `python -m bridgerl` (multi-node training).
     """
     import os
@@ -69,6 +70,13 @@ def bridgerl_cli(stage: str, config: str, io: dict, sets: list = (), args: list 
         argv += ["--io", f"{name}={path}"]
     argv += [str(a) for a in args]
     env = dict(os.environ)
+    if not env.get("KFP_RUN_ID"):
+        # no pod label (kfp.local): the run's folder, KFP's <pipeline_root>/<run>/<task>/<artifact> layout,
+        # the folder most of this task's artifact paths share
+        runs = [os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(str(p))))) for p in io.values()]
+        runs = [r for r in runs if r]
+        if runs:
+            env["KFP_RUN_ID"] = max(set(runs), key=runs.count)
     if env.get("KFP_RUN_ID"):  # groups the stage runs of one pipeline run under one MLflow parent run
         env.setdefault("BRIDGERL_PIPELINE_ID", env["KFP_RUN_ID"])
     cmd = [*(launcher or [sys.executable, "-m", "bridgerl"]), *argv]
