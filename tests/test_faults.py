@@ -98,15 +98,17 @@ def _env() -> dict:
             "OMP_NUM_THREADS": "1"}
 
 
-def _wait_for_lock(output: Path, timeout: float = 120) -> str:
-    """The holder line once a bridgerl process holds the lock on `output`."""
+def _wait_for_lock(output: Path, pid: int | None = None, timeout: float = 120) -> str:
+    """The holder line once a live process (`pid`, if given) holds the lock on `output`: until then the file
+    may still name an earlier holder of the session's shared project that was killed."""
     lp = locks.lock_path(output)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if lp.exists() and lp.read_text().strip():
-            return lp.read_text().strip()
+        line = lp.read_text().strip() if lp.exists() else ""
+        if line.startswith("pid ") and _running(int(line.split()[1])) and pid in (None, int(line.split()[1])):
+            return line
         time.sleep(0.2)
-    raise AssertionError(f"nobody took {lp}")
+    raise AssertionError(f"no live process (pid {pid}) took {lp}: {lp.read_text() if lp.exists() else 'no file'}")
 
 
 def _train_cmd(project: Path) -> list[str]:
@@ -117,8 +119,8 @@ def test_second_train_on_the_same_outputs_fails_at_once(project):
     first = subprocess.Popen(_train_cmd(project), cwd=project, env=_env(), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        holder = _wait_for_lock(project / "checkpoints" / "train")
-        assert f"pid {first.pid}" in holder
+        holder = _wait_for_lock(project / "checkpoints" / "train", first.pid)
+        assert "`bridgerl train`" in holder
         p = run_cli("train", *_args(project, "train.steps=400"), cwd=project, check=False)
         assert p.returncode == 2, p.stderr
         (line,) = p.stderr.strip().splitlines()

@@ -63,4 +63,5 @@ def hold(outputs: Iterable[str | Path], command: str) -> Iterator[None]:
         if fds:
             os.environ.pop(ENV, None)
         for fd in fds:
+            os.ftruncate(fd, 0)  # released: the file names no holder (a killed holder's line stays, harmlessly)
             os.close(fd)

@@ -185,15 +185,18 @@ def _log_and_register(cfg: Config, mlc, model_dir: Path, metrics: dict, tags: di
         mlf.log_metrics(metrics)
         mlf.set_tags({"bridgerl.registration_key": key, "bridgerl.model_dir": str(model_dir)})
         source_run = train_run.info.run_id if train_run is not None else mlf.active_run().info.run_id
-        with _LOAD_LOCK:  # transformers' meta-device loading is not thread-safe
+        gen = generation_config(cfg)
+        # transformers' meta-device model construction is not thread-safe (a global default-device mode that
+        # two threads can leave pushed): loading, and log_model, which loads the saved model again to check
+        # the input example, hold one lock
+        with _LOAD_LOCK:
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
             tok = AutoTokenizer.from_pretrained(model_dir)
-        gen = generation_config(cfg)
-        info = mlflow.transformers.log_model(
-            transformers_model={"model": model, "tokenizer": tok}, name="model", task="text-generation",
-            signature=infer_signature([INPUT_EXAMPLE], ["generated text"], params=gen),
-            input_example=[INPUT_EXAMPLE], model_config=gen, prompt_template=prompt_template(cfg, tok),
-            pip_requirements=_requirements(), run_id=source_run)
+            info = mlflow.transformers.log_model(
+                transformers_model={"model": model, "tokenizer": tok}, name="model", task="text-generation",
+                signature=infer_signature([INPUT_EXAMPLE], ["generated text"], params=gen),
+                input_example=[INPUT_EXAMPLE], model_config=gen, prompt_template=prompt_template(cfg, tok),
+                pip_requirements=_requirements(), run_id=source_run)
         mlflow.log_input(model=LoggedModelInput(info.model_id))  # the register run consumed this model
         try:
             mlc.create_registered_model(name, description=MODEL_DESCRIPTION)
