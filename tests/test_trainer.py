@@ -244,19 +244,25 @@ def _history_without_time(path):
     return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rows]
 
 
-def test_resume_after_max_steps_is_exact(tiny_project, tmp_path):
+def _straight_and_resumed(tiny_project, tmp_path, over, stop: int = 2):
+    """Train copies a (straight through) and b (stopped after `stop` steps, then resumed); their paths."""
     import shutil
 
     from bridgerl.stages import train
 
-    over = ("train.method=bridge", "train.steps=4", "train.save_every=1", "train.eval_every=2",
-            "train.grpo.ppo_epochs=2", "train.grpo.mini_batches=2")
     a, b = tmp_path / "a", tmp_path / "b"
     shutil.copytree(tiny_project, a)
     shutil.copytree(tiny_project, b)
     train.run(make_cfg(a, *over), progress=False)
-    train.run(make_cfg(b, *over), max_steps=2, progress=False)
+    train.run(make_cfg(b, *over), max_steps=stop, progress=False)
     train.run(make_cfg(b, *over), resume=True, progress=False)
+    return a, b
+
+
+def test_resume_after_max_steps_is_exact(tiny_project, tmp_path):
+    over = ("train.method=bridge", "train.steps=4", "train.save_every=1", "train.eval_every=2",
+            "train.grpo.ppo_epochs=2", "train.grpo.mini_batches=2")
+    a, b = _straight_and_resumed(tiny_project, tmp_path, over)
     wa, wb = _weights(a / "models/trained"), _weights(b / "models/trained")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert _history_without_time(a / "plots/train_curve.csv") == _history_without_time(b / "plots/train_curve.csv")
@@ -411,18 +417,9 @@ def test_cold_start_kl_reference(tiny_project, ref_model):
 
 
 def test_cold_start_resume_keeps_the_rl_start_reference(tiny_project, tmp_path):
-    import shutil
-
-    from bridgerl.stages import train
-
     over = ("train.method=cold_start", "train.cold_start_sft_steps=1", "train.steps=2", "train.save_every=1",
             "train.grpo.kl_coef=0.05", "train.lr_theta=0.01")
-    a, b = tmp_path / "a", tmp_path / "b"
-    shutil.copytree(tiny_project, a)
-    shutil.copytree(tiny_project, b)
-    train.run(make_cfg(a, *over), progress=False)
-    train.run(make_cfg(b, *over), max_steps=2, progress=False)  # after the reference was reset
-    train.run(make_cfg(b, *over), resume=True, progress=False)
+    a, b = _straight_and_resumed(tiny_project, tmp_path, over, stop=2)  # stops after the reference was reset
     wa, wb = _weights(a / "models/trained"), _weights(b / "models/trained")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
