@@ -265,6 +265,10 @@ class BridgeConfig(_Section):
     lam_start: float = Field(0.1, ge=0.0, le=1.0, description="schedules go from lam_start to lam")
     lam_epoch_increment: float = Field(0.1, ge=0.0, le=1.0, description="epoch_step: added each epoch")
     shadow_steps: int = Field(1, ge=1, description="RL steps of the shadow θ̂ per iteration")
+    # the shadow's memory (bridgerl.train.shadow, docs/scale.md)
+    shadow_offload: bool = Field(False, description=(
+        "keep θ̂ and its optimizer state in CPU memory, on the device only for its pass (one process; "
+        "the exact in-memory shadow is the default)"))
 
 
 _DS_BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
@@ -338,6 +342,17 @@ class TrainConfig(_Section):
     eval_items: int = Field(100, ge=1, description="held-out items per evaluation during training")
     save_every: int = Field(10, ge=1, description="checkpoint every N steps")
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept")
+    # -- memory and compute per update (bridgerl.train.losses / batches / updates, docs/scale.md) --
+    micro_batch_tokens: int | None = Field(None, gt=0, description=(
+        "gradient accumulation: each mini-batch is cut into micro-batches of at most this many computed "
+        "positions (longest sequences first); None: the whole mini-batch in one pass"))
+    logprob_chunk_tokens: int | None = Field(1024, gt=0, description=(
+        "log-probs and entropy from the output layer applied to this many response positions at a time "
+        "(recomputed in backward): no full-vocabulary logits; None: full logits, as a plain forward"))
+    gradient_checkpointing: bool = Field(False, description=(
+        "recompute each decoder layer's activations in backward (transformers' non-reentrant checkpointing)"))
+    padding_free: bool = Field(False, description=(
+        "pack each micro-batch's sequences into one row with restarting position ids (no padding computed)"))
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     out_dir: str = Field("models/trained", description="the trained model (θ with w merged)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -63,6 +64,21 @@ class SeqBatch:
     def n_tokens(self) -> int:
         return int(self.attention_mask.sum())
 
+    @property
+    def lengths(self) -> torch.Tensor:
+        """Real tokens per row (rows are right-padded)."""
+        return self.attention_mask.sum(1)
+
+    def trimmed(self) -> "SeqBatch":
+        """The same rows cut to the longest one (per-token extras too)."""
+        L = self.input_ids.shape[1]
+        n = max(int(self.lengths.max()), 2) if len(self) else L
+        if n >= L:
+            return self
+        return SeqBatch(self.input_ids[:, :n], self.attention_mask[:, :n], self.mask[:, : n - 1],
+                        {k: v[:, : n - 1] if v.dim() >= 2 and v.shape[1] == L - 1 else v
+                         for k, v in self.extras.items()})
+
 
 def collate(prompts: list[list[int]], responses: list[list[int]], pad_id: int, max_len: int | None = None) -> SeqBatch:
     seqs = []
@@ -89,3 +105,66 @@ def split(batch: SeqBatch, n: int) -> list[SeqBatch]:
     n = max(1, min(n, B))
     bounds = [round(i * B / n) for i in range(n + 1)]
     return [batch.select(slice(bounds[i], bounds[i + 1])) for i in range(n)]
+
+
+class Micro(NamedTuple):
+    idx: torch.Tensor  # its rows in the batch
+    batch: SeqBatch
+    share: float  # its share of the batch's loss denominator (tokens or sequences)
+
+
+def micro_batches(batch: SeqBatch, max_tokens: int | None, token_level: bool,
+                  packed: bool = False) -> list[Micro]:
+    """Cut a (mini-)batch into micro-batches for gradient accumulation.
+
+    Rows go longest first (length bucketing) into micro-batches of at most `max_tokens` computed positions
+    (rows x the longest row; `packed`: the real tokens), each trimmed to its longest row; a row longer
+    than `max_tokens` is a micro-batch alone. Each micro-batch's loss weight (extras['loss_scale'],
+    1 when absent) is multiplied by its share of the batch's loss denominator (response tokens when
+    `token_level`, else sequences), so that the micro-batch losses sum to the batch's loss and their
+    accumulated gradients to its gradient. `max_tokens` None: the batch itself, unchanged.
+    """
+    B = len(batch)
+    if max_tokens is None:
+        return [Micro(torch.arange(B), batch, 1.0)]
+    lens = batch.lengths.tolist()
+    order = sorted(range(B), key=lambda i: -lens[i])  # stable: equal lengths keep their order
+    groups: list[list[int]] = []
+    for i in order:
+        g = groups[-1] if groups else None
+        cost = (sum(lens[j] for j in g) + lens[i] if packed else (len(g) + 1) * lens[g[0]]) if g else 0
+        if g is None or cost > max_tokens:
+            groups.append([i])
+        else:
+            g.append(i)
+    total = float(batch.mask.sum()) if token_level else float(B)
+    out = []
+    for g in groups:
+        idx = torch.tensor(g, dtype=torch.long)
+        mb = batch.select(idx.to(batch.input_ids.device)).trimmed()
+        share = (float(mb.mask.sum()) if token_level else float(len(mb))) / max(total, 1.0)
+        scale = mb.extras.get("loss_scale")
+        base = scale.double() if scale is not None else torch.ones(len(mb), dtype=torch.float64,
+                                                                   device=mb.input_ids.device)
+        mb.extras["loss_scale"] = base * share  # float64: the shares add up to 1 to float64 precision
+        out.append(Micro(idx, mb, share))
+    return out
+
+
+def assemble(parts: list[tuple[torch.Tensor, torch.Tensor]], like: torch.Tensor) -> torch.Tensor:
+    """Per-token tensors of micro-batches ([n, l] each, rows `idx`) put back into the batch's layout `like`."""
+    out = torch.zeros_like(like)
+    for idx, t in parts:
+        out[idx.to(out.device), : t.shape[1]] = t.to(out.dtype)
+    return out
+
+
+def padding_fraction(batch: SeqBatch, max_tokens: int | None = None, packed: bool = False) -> float:
+    """Share of the positions the model computes that are padding: the batch as one padded block
+    (max_tokens None, not packed), in length-bucketed micro-batches, or packed (0)."""
+    real = batch.n_tokens
+    if packed:
+        return 0.0
+    computed = sum(m.batch.input_ids.numel() for m in micro_batches(batch, max_tokens, True)) \
+        if max_tokens is not None else batch.input_ids.numel()
+    return 1.0 - real / max(computed, 1)

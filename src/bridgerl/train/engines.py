@@ -149,8 +149,9 @@ class TrainedModules(nn.Module):
         if shadow is not None:
             self.shadow = shadow
 
-    def forward(self, *args, which: str = "policy", **kwargs):
-        return getattr(self, which)(*args, **kwargs)
+    def forward(self, *args, which: str = "policy", fn=None, **kwargs):
+        module = getattr(self, which)
+        return fn(module) if fn is not None else module(*args, **kwargs)
 
 
 class ViaEngine:
@@ -162,6 +163,11 @@ class ViaEngine:
 
     def __call__(self, *args, **kwargs):
         return self._engine(*args, which=self._which, **kwargs)
+
+    def run_inside(self, fn):
+        """`fn(module)` inside the engine's forward (ZeRO-3 gathers, backward hooks on what it returns):
+        how the chunked log-probs (bridgerl.train.losses.token_logprobs) call the decoder and the head."""
+        return self._engine(which=self._which, fn=fn)
 
     def __getattr__(self, name):
         return getattr(self._module, name)

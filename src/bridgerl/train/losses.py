@@ -6,16 +6,38 @@ are [batch, seq-1] aligned with the predicted tokens (`input_ids[:, 1:]`), maske
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   with_entropy: bool = False, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   with_entropy: bool = False, temperature: float = 1.0, mask: torch.Tensor | None = None,
+                   chunk_tokens: int | None = None, pack: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(token_t | tokens_<t) for t = 1..L-1 under softmax(logits / temperature), and optionally the
     per-token entropy of that distribution (no grad). RL terms use the sampling temperature (as TRL and
-    verl do: the ratio, KL and gradient are those of the distribution the rollouts came from)."""
+    verl do: the ratio, KL and gradient are those of the distribution the rollouts came from).
+
+    With `chunk_tokens` (or `pack`) the full [B, L, V] logits never exist: the decoder runs to its hidden
+    states, and the output layer is applied to at most `chunk_tokens` positions at a time, only at the
+    positions `mask` selects ([B, L-1]; None: all), its logsumexp in fp32; the chunk is recomputed in the
+    backward pass (torch.utils.checkpoint), so what is kept per token is a log-prob, not a vocabulary row.
+    Unselected positions are 0. `pack`: the rows (right-padded) are concatenated into one padding-free
+    row with position ids restarting at each sequence (transformers masks attention per sequence).
+    Under DeepSpeed the whole computation runs inside the engine's forward (`ViaEngine.run`)."""
+    if chunk_tokens is None and not pack:
+        return _full_logprobs(model, input_ids, attention_mask, with_entropy, temperature)
+    fn = functools.partial(_chunked_logprobs, input_ids=input_ids, attention_mask=attention_mask,
+                           with_entropy=with_entropy, temperature=temperature, mask=mask,
+                           chunk_tokens=chunk_tokens or input_ids.numel(), pack=pack)
+    run = getattr(model, "run_inside", None)  # DeepSpeed: inside the engine's forward (its backward hooks)
+    return run(fn) if run is not None else fn(model)
+
+
+def _full_logprobs(model, input_ids, attention_mask, with_entropy, temperature):
+    """The reference computation: the model's full logits, upcast to fp32."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 up to fp32; fp64 kept
     if temperature != 1.0:
@@ -28,6 +50,59 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         with torch.no_grad():
             p = torch.softmax(logits, dim=-1)
             ent = logz - (p * logits).sum(-1)
+    return logp, ent
+
+
+def _head_logprobs(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
+                   with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk: the output layer on [n, H] hidden states; log-probs of `targets` (and entropy, no grad)."""
+    logits = head(hidden)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if temperature != 1.0:
+        logits = logits / temperature
+    logz = torch.logsumexp(logits, dim=-1)
+    logp = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1) - logz
+    if not with_entropy:
+        return logp, logp.new_zeros(())
+    with torch.no_grad():
+        ent = logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    return logp, ent
+
+
+def _chunked_logprobs(module, input_ids, attention_mask, with_entropy, temperature, mask, chunk_tokens, pack):
+    B, L = input_ids.shape
+    decoder, head = module.get_decoder(), module.get_output_embeddings()
+    sel = (attention_mask[:, 1:] > 0) if mask is None else (mask > 0)
+    rows, cols = sel.nonzero(as_tuple=True)  # prediction positions (row, t): hidden t predicts token t+1
+    targets = input_ids[rows, cols + 1]
+    if pack:
+        lens = attention_mask.sum(1)
+        keep = torch.arange(L, device=input_ids.device)[None, :] < lens[:, None]
+        ids = input_ids[keep][None]  # [1, T]: the real tokens of every row, concatenated
+        pos = torch.cat([torch.arange(int(n), device=input_ids.device) for n in lens])[None]
+        hidden = decoder(input_ids=ids, position_ids=pos, attention_mask=None, use_cache=False).last_hidden_state[0]
+        offsets = torch.cumsum(lens, 0) - lens
+        h = hidden[offsets[rows] + cols]
+    else:
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        h = hidden[rows, cols]
+    logps, ents = [], []
+    for start in range(0, h.shape[0], chunk_tokens):
+        hc, tc = h[start: start + chunk_tokens], targets[start: start + chunk_tokens]
+        if torch.is_grad_enabled():  # keep [n, H] per chunk; recompute the [n, V] logits in backward
+            lp, en = checkpoint(_head_logprobs, head, hc, tc, temperature, with_entropy, use_reentrant=False)
+        else:
+            lp, en = _head_logprobs(head, hc, tc, temperature, with_entropy)
+        logps.append(lp)
+        ents.append(en)
+    dtype = torch.promote_types(hidden.dtype, torch.float32)
+    logp = torch.zeros(B, L - 1, dtype=dtype, device=input_ids.device)
+    logp = logp.index_put((rows, cols), torch.cat(logps) if logps else logp.new_zeros(0))
+    ent = None
+    if with_entropy:
+        ent = torch.zeros(B, L - 1, dtype=dtype, device=input_ids.device)
+        if ents:
+            ent[rows, cols] = torch.cat(ents).detach()
     return logp, ent
 
 

@@ -7,6 +7,8 @@ What is built follows the method's row in bridgerl.train.methods:
   parameters, used by both forwards).
 - The reference π_ref (frozen initial model) exists only when the KL coefficient is positive and
   the method uses RL.
+- `train.gradient_checkpointing`: transformers' non-reentrant checkpointing of the decoder layers of the
+  policy and θ̂ (the RL passes keep it on: bridgerl.train.updates.eval_mode).
 Export merges w into θ and writes a plain model directory; θ̂ is never exported.
 """
 
@@ -64,9 +66,13 @@ def build_models(cfg: Config, base: nn.Module, for_export: bool = False) -> Mode
     `for_export`: the policy alone (θ with its adapter w), no shadow, no reference."""
     t = cfg.train
     method = METHODS[t.method]
+    if t.gradient_checkpointing and not for_export:  # the policy and shadow (θ̂ is a copy); the reference runs no backward
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     ref = None
     if method.rl and t.grpo.kl_coef > 0 and not for_export:
         ref = copy.deepcopy(base).eval()
+        if t.gradient_checkpointing:
+            ref.gradient_checkpointing_disable()
         for p in ref.parameters():
             p.requires_grad_(False)
     if not method.lora:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from bridgerl.config import Config
-from bridgerl.train.batches import SeqBatch, split
+from bridgerl.train.batches import SeqBatch, assemble, micro_batches, split
 from bridgerl.train.losses import grpo_loss, masked_mean, sft_objective, token_logprobs
 from bridgerl.train.methods import METHODS
 from bridgerl.train.models import Models
@@ -50,27 +50,55 @@ class Ctx:
 
 @contextlib.contextmanager
 def eval_mode(*models):
-    """Dropout off for the enclosed forwards (restored afterwards; autograd keeps its graph)."""
+    """Dropout off for the enclosed forwards (restored afterwards; autograd keeps its graph).
+
+    Gradient checkpointing stays on: transformers only checkpoints a decoder layer in train mode, so the
+    layers themselves (not their submodules, where dropout lives) keep their train flag while grad is on."""
     models = [m for m in models if m is not None]
-    was = [m.training for m in models]
+    modules = [mod for m in models for mod in m.modules()]
+    was = [mod.training for mod in modules]
     for m in models:
         m.eval()
+    if torch.is_grad_enabled():
+        for mod in modules:
+            if getattr(mod, "gradient_checkpointing", False) is True and hasattr(mod, "_gradient_checkpointing_func"):
+                mod.training = True
     try:
         yield
     finally:
-        for m, w in zip(models, was):
-            m.train(w)
+        for mod, w in zip(modules, was):
+            mod.training = w
+
+
+def logprob_kwargs(cfg: Config) -> dict:
+    """How token_logprobs computes: chunked output layer, packed rows (train.logprob_chunk_tokens, padding_free)."""
+    return {"chunk_tokens": cfg.train.logprob_chunk_tokens, "pack": cfg.train.padding_free}
+
+
+def _rl_logprobs(model, batch: SeqBatch, cfg: Config, with_entropy: bool = False):
+    with eval_mode(model):
+        return token_logprobs(model, batch.input_ids, batch.attention_mask, with_entropy=with_entropy,
+                              temperature=cfg.train.grpo.temperature, mask=batch.mask, **logprob_kwargs(cfg))
 
 
 def rl_logprobs(model, batch: SeqBatch, cfg: Config, with_entropy: bool = False):
-    """Log-probs of an RL term: eval mode, at the sampling temperature."""
-    with eval_mode(model):
-        return token_logprobs(model, batch.input_ids, batch.attention_mask, with_entropy=with_entropy,
-                              temperature=cfg.train.grpo.temperature)
+    """Log-probs of an RL term: eval mode, at the sampling temperature. Without grad (behaviour and
+    reference log-probs of a whole batch) in micro-batches of train.micro_batch_tokens."""
+    t = cfg.train
+    if torch.is_grad_enabled() or t.micro_batch_tokens is None or len(batch) == 0:
+        return _rl_logprobs(model, batch, cfg, with_entropy)
+    logps, ents = [], []
+    for mic in micro_batches(batch, t.micro_batch_tokens, True, t.padding_free):
+        lp, en = _rl_logprobs(model, mic.batch, cfg, with_entropy)
+        logps.append((mic.idx, lp))
+        ents.append((mic.idx, en))
+    like = logps[0][1].new_zeros(batch.mask.shape)
+    return assemble(logps, like), (assemble(ents, like) if with_entropy else None)
 
 
 def _dp_weight(x: torch.Tensor, mb: SeqBatch) -> torch.Tensor:
-    """A rank's loss weight (bridgerl.train.parallel.weigh; exactly 1 in one process, absent in unit tests)."""
+    """A part's loss weight: rank (bridgerl.train.parallel.weigh) x micro-batch share (batches.micro_batches);
+    exactly 1 for a whole batch in one process, absent in unit tests."""
     w = mb.extras.get("loss_scale")
     return x if w is None else x * w[0]
 
@@ -87,9 +115,10 @@ def grpo_term(model, mb: SeqBatch, cfg: Config, with_entropy: bool = False, old_
     return out, logp, ent
 
 
-def sft_term(model, mb: SeqBatch) -> torch.Tensor:
+def sft_term(model, mb: SeqBatch, cfg: Config | None = None) -> torch.Tensor:
     """J_SFT of `model` on the demonstrations `mb` (train mode: dropout applies here)."""
-    logp, _ = token_logprobs(model, mb.input_ids, mb.attention_mask)
+    kw = logprob_kwargs(cfg) if cfg is not None else {}
+    logp, _ = token_logprobs(model, mb.input_ids, mb.attention_mask, mask=mb.mask, **kw)
     return _dp_weight(sft_objective(logp, mb.mask), mb)
 
 
@@ -104,24 +133,54 @@ def _minibatches(ctx: Ctx, rl: SeqBatch, sft: SeqBatch | None = None):
         yield from zip(rls, sfts)
 
 
+def _micro(ctx: Ctx, batch: SeqBatch, rl: bool):
+    """A mini-batch's micro-batches (train.micro_batch_tokens): their losses sum to the mini-batch's."""
+    t = ctx.cfg.train
+    token_level = (not rl) or t.grpo.loss_agg == "token"
+    return micro_batches(batch, t.micro_batch_tokens, token_level, t.padding_free)
+
+
+class _Stats:
+    """A mini-batch's metrics from its micro-batches: weighted losses add up; means are weighted by share."""
+
+    def __init__(self):
+        self.v: dict[str, float] = {}
+
+    def add(self, share: float = 1.0, **values) -> None:
+        for k, x in values.items():
+            self.v[k] = self.v.get(k, 0.0) + share * float(x)
+
+
+def _rl_stats(st: _Stats, mic, out, ent) -> None:
+    st.add(rl_loss=out.loss.item())
+    st.add(mic.share, kl=out.kl.item(), clip_frac=out.clip_frac.item())
+    if ent is not None:
+        st.add(mic.share, entropy=masked_mean(ent, mic.batch.mask).item())
+
+
 # ------------------------------------------------------------------------------------------------
-# the rules
+# the rules (each backward is one micro-batch's; engine.step() once per mini-batch)
 # ------------------------------------------------------------------------------------------------
 def sft_update(ctx: Ctx, rl: SeqBatch | None, sft: SeqBatch, lam: float | None = None) -> dict:
-    j = sft_term(ctx.models.policy, sft)
-    ctx.engine.backward(-j)
+    st = _Stats()
+    for mic in _micro(ctx, sft, rl=False):
+        j = sft_term(ctx.models.policy, mic.batch, ctx.cfg)
+        ctx.engine.backward(-j)
+        st.add(sft_nll=-j.item())
     ctx.engine.step()
-    return {"sft_nll": -j.item(), "loss": -j.item()}
+    return {"sft_nll": st.v["sft_nll"], "loss": st.v["sft_nll"]}
 
 
 def rl_update(ctx: Ctx, rl: SeqBatch, sft: SeqBatch | None = None, lam: float | None = None) -> dict:
     stats = {}
     for mb, _ in _minibatches(ctx, rl):
-        out, _, ent = grpo_term(ctx.models.policy, mb, ctx.cfg, with_entropy=True)
-        ctx.engine.backward(out.loss)
+        st = _Stats()
+        for mic in _micro(ctx, mb, rl=True):
+            out, _, ent = grpo_term(ctx.models.policy, mic.batch, ctx.cfg, with_entropy=True)
+            ctx.engine.backward(out.loss)
+            _rl_stats(st, mic, out, ent)
         ctx.engine.step()
-        stats = {"rl_loss": out.loss.item(), "kl": out.kl.item(), "clip_frac": out.clip_frac.item(),
-                 "entropy": masked_mean(ent, mb.mask).item(), "loss": out.loss.item()}
+        stats = {**st.v, "loss": st.v["rl_loss"]}
     return stats
 
 
@@ -137,40 +196,58 @@ def mixed_update(ctx: Ctx, rl: SeqBatch, sft: SeqBatch, lam: float | None = None
     mu = ctx.cfg.train.mixed_mu
     stats = {}
     for mb, smb in _minibatches(ctx, rl, sft):
-        out, _, ent = grpo_term(ctx.models.policy, mb, ctx.cfg, with_entropy=True)
-        j = sft_term(ctx.models.policy, smb)
-        loss = (1 - mu) * out.loss - mu * j
-        ctx.engine.backward(loss)
+        st = _Stats()
+        for mic in _micro(ctx, mb, rl=True):
+            out, _, ent = grpo_term(ctx.models.policy, mic.batch, ctx.cfg, with_entropy=True)
+            ctx.engine.backward((1 - mu) * out.loss)
+            _rl_stats(st, mic, out, ent)
+        for mic in _micro(ctx, smb, rl=False):
+            j = sft_term(ctx.models.policy, mic.batch, ctx.cfg)
+            ctx.engine.backward(-mu * j)
+            st.add(sft_nll=-j.item())
         ctx.engine.step()
-        stats = {"rl_loss": out.loss.item(), "sft_nll": -j.item(), "kl": out.kl.item(),
-                 "entropy": masked_mean(ent, mb.mask).item(), "loss": loss.item()}
+        stats = {**st.v, "loss": (1 - mu) * st.v["rl_loss"] + mu * st.v["sft_nll"]}
     return stats
 
 
+def _with_old(rl: SeqBatch, old_logp: torch.Tensor | None) -> SeqBatch:
+    if old_logp is None:
+        return rl
+    return SeqBatch(rl.input_ids, rl.attention_mask, rl.mask, {**rl.extras, "old_logp": old_logp})
+
+
 def bridge_backward(ctx: Ctx, rl: SeqBatch, sft: SeqBatch, lam: float, old_logp: torch.Tensor | None = None) -> dict:
-    """Accumulate the BRIDGE gradients (descent form, module docstring) into .grad of θ, θ̂ and w.
-    Without the upper level (a method with no shadow: bridge_frozen_w) the shadow term is skipped."""
+    """Accumulate the BRIDGE gradients (descent form, module docstring) into .grad of θ, θ̂ and w, one
+    backward per micro-batch: −(1−λ)J_SFT(θ,w) per SFT micro-batch, then per RL micro-batch λ(−J_RL(θ,w))
+    and −J_RL(θ̂,w) (w's gradient of the latter scaled by −λ). Without the upper level (a method with no
+    shadow: bridge_frozen_w) the shadow term is skipped."""
     m, cfg = ctx.models, ctx.cfg
-    j_sft = sft_term(m.policy, sft)
-    rl_out, logp, ent = grpo_term(m.policy, rl, cfg, with_entropy=True, old_logp=old_logp)
-    loss = -(1 - lam) * j_sft + lam * rl_out.loss
-    ctx.engine.backward(loss)
-    stats = {"sft_nll": -j_sft.item(), "rl_loss": rl_out.loss.item(), "kl": rl_out.kl.item(),
-             "clip_frac": rl_out.clip_frac.item(), "entropy": masked_mean(ent, rl.mask).item(),
-             "loss": loss.item()}
+    st = _Stats()
+    for mic in _micro(ctx, sft, rl=False):
+        j = sft_term(m.policy, mic.batch, cfg)
+        ctx.engine.backward(-(1 - lam) * j)
+        st.add(sft_nll=-j.item())
+    for mic in _micro(ctx, _with_old(rl, old_logp), rl=True):
+        mb = mic.batch
+        rl_out, logp, ent = grpo_term(m.policy, mb, cfg, with_entropy=True)
+        ctx.engine.backward(lam * rl_out.loss)
+        _rl_stats(st, mic, rl_out, ent)
+        if m.shadow is not None:
+            behaviour = mb.extras.get("old_logp", logp.detach())
+            handles = [p.register_hook(lambda g, lam=lam: -lam * g) for p in m.lora if p.requires_grad]
+            try:
+                sh_out, _, _ = grpo_term(m.shadow, mb, cfg, old_logp=behaviour)
+                ctx.engine.backward(sh_out.loss)
+            finally:
+                for h in handles:
+                    h.remove()
+            st.add(shadow_rl_loss=sh_out.loss.item())
+            st.add(mic.share, shadow_ratio=sh_out.ratio_mean.item())
+    stats = dict(st.v)
+    stats["loss"] = (1 - lam) * stats["sft_nll"] + lam * stats["rl_loss"]
     if m.shadow is not None:
-        behaviour = old_logp if old_logp is not None else rl.extras.get("old_logp", logp.detach())
-        handles = [p.register_hook(lambda g, lam=lam: -lam * g) for p in m.lora if p.requires_grad]
-        try:
-            sh_out, _, _ = grpo_term(m.shadow, rl, cfg, old_logp=behaviour)
-            ctx.engine.backward(sh_out.loss)
-        finally:
-            for h in handles:
-                h.remove()
         # cooperative gain J_RL(θ,w) − J_RL(θ̂,w) on the same rollouts (θ̂ term importance-weighted)
-        stats["coop_gain"] = (-rl_out.loss.item()) - (-sh_out.loss.item())
-        stats["shadow_rl_loss"] = sh_out.loss.item()
-        stats["shadow_ratio"] = sh_out.ratio_mean.item()
+        stats["coop_gain"] = stats["shadow_rl_loss"] - stats["rl_loss"]
     return stats
 
 
@@ -180,13 +257,16 @@ def shadow_only_backward(ctx: Ctx, rl: SeqBatch, old_logp: torch.Tensor) -> floa
     req = [p.requires_grad for p in m.lora]
     for p in m.lora:
         p.requires_grad_(False)
+    total = 0.0
     try:
-        out, _, _ = grpo_term(m.shadow, rl, ctx.cfg, old_logp=old_logp)
-        ctx.engine.backward(out.loss)
+        for mic in _micro(ctx, _with_old(rl, old_logp), rl=True):
+            out, _, _ = grpo_term(m.shadow, mic.batch, ctx.cfg)
+            ctx.engine.backward(out.loss)
+            total += out.loss.item()
     finally:
         for p, r in zip(m.lora, req):
             p.requires_grad_(r)
-    return out.loss.item()
+    return total
 
 
 def bridge_update(ctx: Ctx, rl: SeqBatch, sft: SeqBatch, lam: float) -> dict:
