@@ -245,3 +245,19 @@ def test_mixed_loss_with_minibatches_under_zero2_matches_single_process(tiny_pro
     assert st["shadow"] is None and not any(k.startswith("shadow.") for k in got)
     for k, v in ref.items():
         torch.testing.assert_close(got[k].float(), v.float(), atol=2e-5, rtol=1e-4, msg=f"{k} differs")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["zero2", "zero3"])
+def test_micro_batches_under_zero_match_single_process(tiny_project, tmp_path, strategy):
+    """BRIDGE on 2 processes with micro-batches of ≤ 40 positions (several engine.backward calls before
+    each step), packed rows, a chunked output layer and gradient checkpointing == the plain single-process
+    run (whole mini-batches, full logits)."""
+    single = _copy(tiny_project, tmp_path / "single")
+    _train(single, "train.logprob_chunk_tokens=null")
+    zero = _copy(tiny_project, tmp_path / strategy)
+    _train(zero, f"train.distributed.strategy={strategy}", "train.micro_batch_tokens=40", "train.padding_free=true",
+           "train.logprob_chunk_tokens=7", "train.gradient_checkpointing=true", extra=("--nproc", "2"))
+    ref = _single_state(single)
+    assert _moved(single, ref) > 1e-4
+    _assert_same(ref, _zero_state(zero))

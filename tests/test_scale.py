@@ -175,6 +175,10 @@ def test_micro_batches_are_bounded_and_bucketed():
     packed = micro_batches(b, 64, token_level=True, packed=True)
     assert all(int(m.batch.lengths.sum()) <= 64 or len(m.batch) == 1 for m in packed)
     assert len(packed) <= len(mbs)
+    # a ZeRO rank that needs fewer micro-batches than another splits its largest ones
+    more = micro_batches(b, 64, token_level=True, count=len(mbs) + 3)
+    assert len(more) == len(mbs) + 3 and sum(m.share for m in more) == pytest.approx(1.0)
+    assert sorted(int(i) for m in more for i in m.idx) == list(range(16))
     # bucketing computes less padding than one padded block; packing none
     assert padding_fraction(b, 64) < padding_fraction(b) and padding_fraction(b, packed=True) == 0.0
 
@@ -211,3 +215,68 @@ def test_gradient_checkpointing_keeps_gradients_and_recomputes(tmp_path, monkeyp
     # every pass with grad recomputes its layers (forwards without grad: _update's behaviour log-probs)
     passes = {"bridge": 3, "rl_zero": 1}[method] * 2  # (SFT, policy RL, shadow RL) or policy RL, x 2 mini-batches
     assert n_ckpt - n_plain == passes * base.config.num_hidden_layers
+
+
+# ------------------------------------------------------------------------------------------------
+# the offloaded shadow
+# ------------------------------------------------------------------------------------------------
+def test_offloaded_shadow_matches_the_in_memory_shadow(tmp_path):
+    """AdamW, clipping on, two mini-batches, shadow_steps 2, micro-batches: θ, θ̂ and w after the update
+    are exactly those of the in-memory shadow; between passes the shadow module holds no weights, and
+    θ̂, its gradient and its AdamW moments are the host tensors (separate storage from the module's)."""
+    from bridgerl.train.models import load_shadow_state, shadow_state
+
+    base = _base()
+    over = ("train.optimizer=adamw", "train.max_grad_norm=0.05", "train.bridge.shadow_steps=2",
+            "train.micro_batch_tokens=30")
+
+    def run(offload: bool):
+        cfg = make_cfg(tmp_path, "train.method=bridge", "train.lr_theta=0.01", "train.lr_w=0.01",
+                       "train.grpo.kl_coef=0.1", "train.lora.dropout=0.0", "train.grpo.mini_batches=2",
+                       "train.prompt_batch=4", "train.demo_batch=4", *over,
+                       f"train.bridge.shadow_offload={str(offload).lower()}")
+        torch.manual_seed(0)
+        m = build_models(cfg, copy.deepcopy(base))
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in m.shadow_theta:
+                p.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+        rl, sft = _batch(gen, 12, (2, 7), (1, 12)), _batch(gen, 4, (2, 6), (3, 10))
+        rl.extras["advantages"] = torch.randn(len(rl), generator=gen, dtype=torch.float64)
+        opt = torch.optim.AdamW([g for g in m.param_groups(cfg) if g["params"]], lr=0.01)
+        eng = TorchEngine(cfg, m, opt, ProcEnv())
+        for _ in range(2):
+            UPDATES["bridge"](Ctx(m, eng, cfg), rl, sft, 0.4)
+        return m, opt, eng
+
+    ref, ref_opt, ref_eng = run(False)
+    off, off_opt, off_eng = run(True)
+    assert off_eng.grad_norm == pytest.approx(ref_eng.grad_norm, rel=1e-12) and ref_eng.grad_norm > 0.05
+    for a, b in ((off.theta, ref.theta), (off.shadow_theta, ref.shadow_theta), (off.lora, ref.lora)):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x.detach(), y.detach(), rtol=0, atol=0)
+    moved = max((x.detach() - y).abs().max().item() for x, y in zip(off.shadow_theta, base.parameters()))
+    assert moved > 1e-4
+    # the module is empty between passes; the optimizer's θ̂ are other tensors than the module's
+    names = {n for n, _ in off.shadow.named_parameters() if "lora_" not in n}
+    assert all(p.numel() == 0 for n, p in off.shadow.named_parameters() if n in names)
+    module_ptrs = {p.data_ptr() for p in off.shadow.parameters()}
+    assert not any(h.data_ptr() in module_ptrs for h in off.shadow_theta)
+    moments = [off_opt.state[h]["exp_avg"] for h in off.shadow_theta]
+    assert all(mo.device.type == "cpu" and mo.abs().max() > 0 for mo in moments)
+    # and a checkpoint of the shadow round-trips through the host copy
+    sd = shadow_state(off)
+    assert set(sd) == names
+    torch.testing.assert_close(sd, shadow_state(ref))
+    with torch.no_grad():
+        for h in off.shadow_theta:
+            h.zero_()
+    load_shadow_state(off, sd)
+    torch.testing.assert_close(shadow_state(off), shadow_state(ref))
+
+
+def test_shadow_offload_is_one_process_only(tmp_path):
+    from bridgerl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="shadow_offload"):
+        make_cfg(tmp_path, "train.bridge.shadow_offload=true", "train.distributed.strategy=zero3")

@@ -361,6 +361,14 @@ class TrainConfig(_Section):
     plots_file: str = Field("plots/train_curve.csv", description="the training curve, one row per step (DVC plots)")
 
     @model_validator(mode="after")
+    def _shadow_offload_alone(self) -> "TrainConfig":
+        if self.bridge.shadow_offload and self.distributed.strategy != "none":
+            raise ValueError("bridge.shadow_offload keeps θ̂ in host memory in one process; under "
+                             f"distributed.strategy = {self.distributed.strategy} DeepSpeed owns the parameters: "
+                             "use distributed.offload instead")
+        return self
+
+    @model_validator(mode="after")
     def _minibatches_fit(self) -> "TrainConfig":
         """Every RL mini-batch needs rollouts (and, for methods that split the SFT batch with them, demos)."""
         m = METHODS[self.method]

@@ -114,7 +114,7 @@ class Micro(NamedTuple):
 
 
 def micro_batches(batch: SeqBatch, max_tokens: int | None, token_level: bool,
-                  packed: bool = False) -> list[Micro]:
+                  packed: bool = False, count: int | None = None) -> list[Micro]:
     """Cut a (mini-)batch into micro-batches for gradient accumulation.
 
     Rows go longest first (length bucketing) into micro-batches of at most `max_tokens` computed positions
@@ -123,6 +123,8 @@ def micro_batches(batch: SeqBatch, max_tokens: int | None, token_level: bool,
     1 when absent) is multiplied by its share of the batch's loss denominator (response tokens when
     `token_level`, else sequences), so that the micro-batch losses sum to the batch's loss and their
     accumulated gradients to its gradient. `max_tokens` None: the batch itself, unchanged.
+    `count`: at least this many micro-batches (the largest ones are halved; ranks of a ZeRO job must
+    run the same number of passes, bridgerl.train.updates asks for the ranks' maximum).
     """
     B = len(batch)
     if max_tokens is None:
@@ -137,6 +139,11 @@ def micro_batches(batch: SeqBatch, max_tokens: int | None, token_level: bool,
             groups.append([i])
         else:
             g.append(i)
+    while count is not None and len(groups) < min(count, B):
+        cost = [len(g) * lens[g[0]] if not packed else sum(lens[j] for j in g) for g in groups]
+        k = max((i for i in range(len(groups)) if len(groups[i]) > 1), key=lambda i: cost[i])
+        g = groups[k]
+        groups[k: k + 1] = [g[: len(g) // 2], g[len(g) // 2:]]
     total = float(batch.mask.sum()) if token_level else float(B)
     out = []
     for g in groups:

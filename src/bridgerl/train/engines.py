@@ -87,9 +87,9 @@ class TorchEngine:
             return None
         self.models.policy.load_state_dict(s["policy"])
         if s["shadow"] is not None:
-            missing = self.models.shadow.load_state_dict(s["shadow"], strict=False)
-            if missing.unexpected_keys:
-                raise RuntimeError(f"checkpoint shadow has unexpected keys {missing.unexpected_keys[:3]}")
+            from bridgerl.train.models import load_shadow_state
+
+            load_shadow_state(self.models, s["shadow"])
         self.optimizer.load_state_dict(s["optimizer"])
         return s, s["rng"]
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from bridgerl.train.parallel import all_reduce, is_distributed
+
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    with_entropy: bool = False, temperature: float = 1.0, mask: torch.Tensor | None = None,
@@ -87,7 +89,10 @@ def _chunked_logprobs(module, input_ids, attention_mask, with_entropy, temperatu
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         h = hidden[rows, cols]
     logps, ents = [], []
-    for start in range(0, h.shape[0], chunk_tokens):
+    n_chunks = -(-h.shape[0] // chunk_tokens)
+    if is_distributed():  # ZeRO-3 gathers the head's weight at each call: every rank makes as many
+        n_chunks = int(all_reduce([float(n_chunks)], "max")[0])
+    for start in range(0, n_chunks * chunk_tokens, chunk_tokens):  # (the extra chunks are empty)
         hc, tc = h[start: start + chunk_tokens], targets[start: start + chunk_tokens]
         if torch.is_grad_enabled():  # keep [n, H] per chunk; recompute the [n, V] logits in backward
             lp, en = checkpoint(_head_logprobs, head, hc, tc, temperature, with_entropy, use_reentrant=False)

@@ -4,7 +4,8 @@ What is built follows the method's row in bridgerl.train.methods:
 - methods without LoRA (the baselines) train all base weights θ; no LoRA, no shadow.
 - `lora` wraps θ with a peft LoRA adapter w (all of θ trainable too); `trains_w` says whether w trains.
 - `shadow` deep-copies the wrapped base into θ̂ whose LoRA modules *are* the policy's (one set of w
-  parameters, used by both forwards).
+  parameters, used by both forwards); with train.bridge.shadow_offload θ̂ lives in host memory between
+  its passes (bridgerl.train.shadow).
 - The reference π_ref (frozen initial model) exists only when the KL coefficient is positive and
   the method uses RL.
 - `train.gradient_checkpointing`: transformers' non-reentrant checkpointing of the decoder layers of the
@@ -14,6 +15,7 @@ Export merges w into θ and writes a plain model directory; θ̂ is never export
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,11 @@ class Models:
     theta: list[nn.Parameter] = field(default_factory=list)  # base weights of the policy
     shadow_theta: list[nn.Parameter] = field(default_factory=list)  # base weights of θ̂
     lora: list[nn.Parameter] = field(default_factory=list)  # w, shared by policy and shadow
+    shadow_offload: object = None  # bridgerl.train.shadow.ShadowOffload when θ̂ lives in host memory
+
+    def shadow_pass(self):
+        """A context for the shadow's forwards and backwards (θ̂ brought to the device when offloaded)."""
+        return self.shadow_offload.on_device() if self.shadow_offload is not None else contextlib.nullcontext()
 
     def param_groups(self, cfg: Config) -> list[dict]:
         t = cfg.train
@@ -101,14 +108,33 @@ def build_models(cfg: Config, base: nn.Module, for_export: bool = False) -> Mode
         shadow_theta = [p for n, p in shadow.named_parameters() if not _is_lora(n)]
         shared = {id(p) for p in lora}
         assert all(id(p) in shared for n, p in shadow.named_parameters() if _is_lora(n)), "LoRA not shared"
-    return Models(policy=policy, shadow=shadow, ref=ref, theta=theta, shadow_theta=shadow_theta, lora=lora)
+    offload = None
+    if shadow is not None and t.bridge.shadow_offload:
+        from bridgerl.train.shadow import ShadowOffload
+
+        offload = ShadowOffload(shadow, lambda n: not _is_lora(n))
+        shadow_theta = offload.host  # what the optimizer steps: θ̂ in host memory
+    return Models(policy=policy, shadow=shadow, ref=ref, theta=theta, shadow_theta=shadow_theta, lora=lora,
+                  shadow_offload=offload)
 
 
 def shadow_state(models: Models) -> dict[str, torch.Tensor] | None:
     """θ̂ only (the shared LoRA weights are saved with the policy)."""
     if models.shadow is None:
         return None
+    if models.shadow_offload is not None:
+        return models.shadow_offload.state_dict()
     return {n: p.detach().clone() for n, p in models.shadow.named_parameters() if not _is_lora(n)}
+
+
+def load_shadow_state(models: Models, sd: dict[str, torch.Tensor]) -> None:
+    """θ̂ from a checkpoint (shadow_state's), in memory or offloaded."""
+    if models.shadow_offload is not None:
+        models.shadow_offload.load_state_dict(sd)
+        return
+    missing = models.shadow.load_state_dict(sd, strict=False)
+    if missing.unexpected_keys:
+        raise RuntimeError(f"checkpoint shadow has unexpected keys {missing.unexpected_keys[:3]}")
 
 
 def merged_model(models: Models) -> nn.Module:

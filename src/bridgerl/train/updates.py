@@ -33,6 +33,7 @@ from bridgerl.train.batches import SeqBatch, assemble, micro_batches, split
 from bridgerl.train.losses import grpo_loss, masked_mean, sft_objective, token_logprobs
 from bridgerl.train.methods import METHODS
 from bridgerl.train.models import Models
+from bridgerl.train.parallel import all_reduce, is_distributed
 
 
 @dataclass
@@ -88,7 +89,7 @@ def rl_logprobs(model, batch: SeqBatch, cfg: Config, with_entropy: bool = False)
     if torch.is_grad_enabled() or t.micro_batch_tokens is None or len(batch) == 0:
         return _rl_logprobs(model, batch, cfg, with_entropy)
     logps, ents = [], []
-    for mic in micro_batches(batch, t.micro_batch_tokens, True, t.padding_free):
+    for mic in micro_split(cfg, batch, token_level=True):
         lp, en = _rl_logprobs(model, mic.batch, cfg, with_entropy)
         logps.append((mic.idx, lp))
         ents.append((mic.idx, en))
@@ -133,11 +134,21 @@ def _minibatches(ctx: Ctx, rl: SeqBatch, sft: SeqBatch | None = None):
         yield from zip(rls, sfts)
 
 
+def micro_split(cfg: Config, batch: SeqBatch, token_level: bool):
+    """A mini-batch's micro-batches (train.micro_batch_tokens): their losses sum to the mini-batch's.
+    Every rank gets as many as the rank that needs the most: under ZeRO each pass has collectives."""
+    t = cfg.train
+    mbs = micro_batches(batch, t.micro_batch_tokens, token_level, t.padding_free)
+    if t.micro_batch_tokens is not None and is_distributed():
+        n = int(all_reduce([float(len(mbs))], "max")[0])
+        if n > len(mbs):
+            mbs = micro_batches(batch, t.micro_batch_tokens, token_level, t.padding_free, count=n)
+    return mbs
+
+
 def _micro(ctx: Ctx, batch: SeqBatch, rl: bool):
-    """A mini-batch's micro-batches (train.micro_batch_tokens): their losses sum to the mini-batch's."""
-    t = ctx.cfg.train
-    token_level = (not rl) or t.grpo.loss_agg == "token"
-    return micro_batches(batch, t.micro_batch_tokens, token_level, t.padding_free)
+    token_level = (not rl) or ctx.cfg.train.grpo.loss_agg == "token"
+    return micro_split(ctx.cfg, batch, token_level)
 
 
 class _Stats:
@@ -227,22 +238,23 @@ def bridge_backward(ctx: Ctx, rl: SeqBatch, sft: SeqBatch, lam: float, old_logp:
         j = sft_term(m.policy, mic.batch, cfg)
         ctx.engine.backward(-(1 - lam) * j)
         st.add(sft_nll=-j.item())
-    for mic in _micro(ctx, _with_old(rl, old_logp), rl=True):
-        mb = mic.batch
-        rl_out, logp, ent = grpo_term(m.policy, mb, cfg, with_entropy=True)
-        ctx.engine.backward(lam * rl_out.loss)
-        _rl_stats(st, mic, rl_out, ent)
-        if m.shadow is not None:
-            behaviour = mb.extras.get("old_logp", logp.detach())
-            handles = [p.register_hook(lambda g, lam=lam: -lam * g) for p in m.lora if p.requires_grad]
-            try:
-                sh_out, _, _ = grpo_term(m.shadow, mb, cfg, old_logp=behaviour)
-                ctx.engine.backward(sh_out.loss)
-            finally:
-                for h in handles:
-                    h.remove()
-            st.add(shadow_rl_loss=sh_out.loss.item())
-            st.add(mic.share, shadow_ratio=sh_out.ratio_mean.item())
+    with m.shadow_pass():  # θ̂ on the device for all its micro-batches (offloaded: brought in once)
+        for mic in _micro(ctx, _with_old(rl, old_logp), rl=True):
+            mb = mic.batch
+            rl_out, logp, ent = grpo_term(m.policy, mb, cfg, with_entropy=True)
+            ctx.engine.backward(lam * rl_out.loss)
+            _rl_stats(st, mic, rl_out, ent)
+            if m.shadow is not None:
+                behaviour = mb.extras.get("old_logp", logp.detach())
+                handles = [p.register_hook(lambda g, lam=lam: -lam * g) for p in m.lora if p.requires_grad]
+                try:
+                    sh_out, _, _ = grpo_term(m.shadow, mb, cfg, old_logp=behaviour)
+                    ctx.engine.backward(sh_out.loss)
+                finally:
+                    for h in handles:
+                        h.remove()
+                st.add(shadow_rl_loss=sh_out.loss.item())
+                st.add(mic.share, shadow_ratio=sh_out.ratio_mean.item())
     stats = dict(st.v)
     stats["loss"] = (1 - lam) * stats["sft_nll"] + lam * stats["rl_loss"]
     if m.shadow is not None:
@@ -259,10 +271,11 @@ def shadow_only_backward(ctx: Ctx, rl: SeqBatch, old_logp: torch.Tensor) -> floa
         p.requires_grad_(False)
     total = 0.0
     try:
-        for mic in _micro(ctx, _with_old(rl, old_logp), rl=True):
-            out, _, _ = grpo_term(m.shadow, mic.batch, ctx.cfg)
-            ctx.engine.backward(out.loss)
-            total += out.loss.item()
+        with m.shadow_pass():
+            for mic in _micro(ctx, _with_old(rl, old_logp), rl=True):
+                out, _, _ = grpo_term(m.shadow, mic.batch, ctx.cfg)
+                ctx.engine.backward(out.loss)
+                total += out.loss.item()
     finally:
         for p, r in zip(m.lora, req):
             p.requires_grad_(r)
