@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     cmd("config", "print the resolved, validated configuration")
+    p = cmd("plan", "per-GPU memory budget of the training configuration (exit 1: it does not fit)")
+    p.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory of one GPU in GiB (default: 80)")
+    p.add_argument("--nproc", type=int, default=None, help="GPUs / processes (default: train.distributed.nproc)")
+    p.add_argument("--prompt-tokens", type=int, default=256, help="longest prompt, in tokens (default: 256)")
+    p.add_argument("--json", action="store_true", help="the budget as JSON")
     p = cmd("resolve-config", "validate the configuration; write it whole and each stage's slice (first DVC stage)")
     p.add_argument("--out", default=None, help="directory (default: resolved)")
     p.add_argument("--tasks", action="store_true", help="also write each Kubeflow task's configuration")
@@ -301,6 +306,12 @@ def _dispatch(args, cfg) -> int:
 
         _emit(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         return 0
+    if c == "plan":
+        from bridgerl import plan
+
+        text, fits = plan.main(cfg, args.gpu_memory_gb, args.nproc, args.json, args.prompt_tokens)
+        _emit(text)
+        return 0 if fits else 1
     if c == "resolve-config":
         from bridgerl.stages import resolve_config
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +89,11 @@ def count_params(mcfg, lora_r: int, targets) -> tuple[int, int]:
     return n, lora
 
 
+def _width(text: str) -> int:
+    """Columns `text` takes (combining marks, as in θ̂, take none)."""
+    return sum(not unicodedata.combining(ch) for ch in text)
+
+
 @dataclass
 class Plan:
     rows: list[tuple[str, float, str]]  # (item, GB per GPU, how)
@@ -106,15 +112,15 @@ class Plan:
                 "rollout_phase_gb": round(self.rollout_gb, 2), "gpu_memory_gb": self.gpu_gb, "fits": self.fits}
 
     def table(self) -> str:
-        w = max(len(r) for r, _, _ in self.rows)
-        lines = [f"{'item'.ljust(w)}  {'GB/GPU':>8}  how", "-" * (w + 40)]
-        lines += [f"{r.ljust(w)}  {g:8.2f}  {h}" for r, g, h in self.rows]
+        w = max(_width(r) for r, _, _ in self.rows)
+        lines = [f"{'item'.ljust(w)}  {'GiB/GPU':>8}  how", "-" * (w + 40)]
+        lines += [f"{r}{' ' * (w - _width(r))}  {g:8.2f}  {h}" for r, g, h in self.rows]
         lines += ["-" * (w + 40),
                   f"{'training state'.ljust(w)}  {self.state_gb:8.2f}",
                   f"{'peak, training phase'.ljust(w)}  {self.train_gb:8.2f}",
                   f"{'peak, rollout phase'.ljust(w)}  {self.rollout_gb:8.2f}",
-                  f"fits in {self.gpu_gb:g} GB: {'yes' if self.fits else 'NO'} "
-                  f"(headroom {self.gpu_gb - max(self.train_gb, self.rollout_gb):.1f} GB)"]
+                  f"fits in {self.gpu_gb:g} GiB: {'yes' if self.fits else 'NO'} "
+                  f"(headroom {self.gpu_gb - max(self.train_gb, self.rollout_gb):.1f} GiB)"]
         return "\n".join(lines)
 
 
@@ -157,13 +163,13 @@ def plan(cfg: Config, gpu_gb: float = 80.0, nproc: int | None = None, prompt_tok
     state = sum(g for _, g, _ in rows) * GB
 
     # one micro-batch's activations and logits
-    h, L, I = mcfg.hidden_size, mcfg.num_hidden_layers, mcfg.intermediate_size
+    h, L, inter = mcfg.hidden_size, mcfg.num_hidden_layers, mcfg.intermediate_size
     kv = mcfg.num_key_value_heads * (h // mcfg.num_attention_heads)
     seq = prompt_tokens + t.grpo.max_new_tokens if m.rl else t.sft_max_tokens
     seqs = max(1, t.prompt_batch * t.grpo.group_size // (t.grpo.mini_batches * W)) if m.rl \
         else max(1, t.demo_batch // W)
     tokens = min(t.micro_batch_tokens, seqs * seq) if t.micro_batch_tokens else seqs * seq
-    per_layer = 20 * h + 4 * kv + 8 * I
+    per_layer = 20 * h + 4 * kv + 8 * inter
     if t.gradient_checkpointing:
         act = tokens * (L * 2 * h + per_layer)
         how = f"{tokens} tokens x ({L} layers x 2h + one layer) (checkpointing)"
