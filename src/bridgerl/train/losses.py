@@ -78,13 +78,12 @@ def _chunked_logprobs(module, input_ids, attention_mask, with_entropy, temperatu
     rows, cols = sel.nonzero(as_tuple=True)  # prediction positions (row, t): hidden t predicts token t+1
     targets = input_ids[rows, cols + 1]
     if pack:
-        lens = attention_mask.sum(1)
-        keep = torch.arange(L, device=input_ids.device)[None, :] < lens[:, None]
+        keep = attention_mask > 0
         ids = input_ids[keep][None]  # [1, T]: the real tokens of every row, concatenated
-        pos = torch.cat([torch.arange(int(n), device=input_ids.device) for n in lens])[None]
+        pos = (torch.cumsum(keep, 1) - 1)[keep][None]  # restarting at 0 in each row
         hidden = decoder(input_ids=ids, position_ids=pos, attention_mask=None, use_cache=False).last_hidden_state[0]
-        offsets = torch.cumsum(lens, 0) - lens
-        h = hidden[offsets[rows] + cols]
+        where = (torch.cumsum(keep.flatten(), 0) - 1).view(B, L)  # (row, t) -> its place in the packed row
+        h = hidden[where[rows, cols]]
     else:
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         h = hidden[rows, cols]
