@@ -65,8 +65,9 @@ class VLLMEngine(RolloutEngine):
                  kv_cache_gb: float | None = None, stop_ids: Sequence[int] | None = None):
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
         on_gpu = torch.cuda.is_available()
+        # log-probs of the distribution tokens were sampled from (temperature applied), as the trainer's are
         kwargs = dict(model=str(model_dir), tokenizer=str(model_dir), seed=seed, max_model_len=max_model_len,
-                      worker_extension_cls=f"{__name__}.WorkerExtension")
+                      worker_extension_cls=f"{__name__}.WorkerExtension", logprobs_mode="processed_logprobs")
         if on_gpu:
             from vllm.platforms import current_platform
 
