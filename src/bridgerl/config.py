@@ -317,6 +317,9 @@ class RolloutConfig(_Section):
         "vllm KV cache size; None: 1 GiB on CPU, on GPU what gpu_memory_utilization leaves"))
     max_model_len: int | None = Field(None, gt=0, description=(
         "vllm: longest prompt + response; None: the model's own limit"))
+    dump_dir: str | None = Field(None, description=(
+        "write every rollout batch there (step-NNNNNN.rankR.jsonl: problem id, sample, response tokens and text, "
+        "reward, finish reason), as verl's rollout_data_dir; None: not written"))
 
 
 class TrainConfig(_Section):

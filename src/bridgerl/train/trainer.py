@@ -24,7 +24,7 @@ import torch
 
 from bridgerl.config import Config
 from bridgerl.generation import Generated
-from bridgerl.io import read_jsonl
+from bridgerl.io import read_jsonl, write_jsonl
 from bridgerl.prompts import render_prompt
 from bridgerl.rewards import is_correct
 from bridgerl.train.batches import EpochSampler, SeqBatch, collate
@@ -247,11 +247,22 @@ class Trainer:
         if self.m.ref is not None:
             batch.extras["ref_logp"] = rl_logprobs(self.m.ref, batch, self.cfg)[0]
         weigh(batch, g.mini_batches, g.loss_agg == "token", self.env.world_size)
+        if self.cfg.train.rollout.dump_dir:
+            self.dump_rollouts(problems, gen, rewards)
         lens = [len(r) for r in gen.response_ids]
         info.update({"reward_mean": rewards.mean().item(), "accuracy": float(np.mean(correct)),
                      "response_length": float(np.mean(lens)), "truncation_rate": float(np.mean(gen.truncated)),
                      "generated_tokens": float(sum(lens))})
         return batch, info
+
+    def dump_rollouts(self, problems: list[dict], gen: Generated, rewards: torch.Tensor) -> None:
+        """This rank's rollout batch as JSON lines in train.rollout.dump_dir (written whole, then renamed)."""
+        G = self.cfg.train.grpo.group_size
+        rows = [{"step": self.step + 1, "id": p["id"], "position": pos, "sample": j,
+                 "response_ids": gen.response_ids[i * G + j], "response": gen.texts[i * G + j],
+                 "reward": float(rewards[i * G + j]), "truncated": gen.truncated[i * G + j]}
+                for i, (p, pos) in enumerate(zip(problems, self.rl_sampler.positions)) for j in range(G)]
+        write_jsonl(Path(self.cfg.train.rollout.dump_dir) / f"step-{self.step + 1:06d}.rank{self.env.rank}.jsonl", rows)
 
     # -- one iteration -------------------------------------------------------------------------
     def train_step(self) -> dict:
