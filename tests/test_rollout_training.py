@@ -103,16 +103,23 @@ def test_cli_bridge_with_vllm_resumes_after_kill(project, tmp_path):
     import csv
 
     curve = list(csv.DictReader(open(a / "plots" / "train_curve.csv")))
-    assert len(curve) == 4 and all(float(r["engine_logp_abs_diff"]) < LOGPROB_TOL for r in curve)
-    assert any(r["heldout_accuracy"] for r in curve)  # the held-out evaluation ran on the engine too
+    steps = [r for r in curve if r["phase"] == "bridge"]
+    assert len(steps) == 4 and all(float(r["engine_logp_abs_diff"]) < LOGPROB_TOL for r in steps)
+    assert sum(1 for r in curve if r["heldout_accuracy"]) == 3  # steps 0, 2, 4: evaluated on the engine too
 
     proc = subprocess.Popen(_cmd(b), env=env, cwd=b, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ck = b / "checkpoints" / "train"
     deadline = time.time() + 600
     while time.time() < deadline and not (ck / "step-000002" / "state.pt").exists():
         time.sleep(0.05)
+    import psutil
+
+    engine = [p for p in psutil.Process(proc.pid).children(recursive=True) if "VLLM" in " ".join(p.cmdline())]
+    assert engine, "the run's vLLM engine processes"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    _, alive = psutil.wait_procs(engine, timeout=30)  # its engine dies with it (bridgerl.rollout.reaper)
+    assert not alive, f"vLLM processes outlived the killed run: {alive}"
     assert not (b / "models" / "trained").exists(), "killed before the end: no exported model yet"
     p = subprocess.run(_cmd(b, "--resume"), env=env, capture_output=True, text=True, cwd=b, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]

@@ -10,6 +10,8 @@
   `worker_extension_cls`) hands them to the worker's `reload_weights(weights_iterator=...)`: vLLM's own
   in-place reload (the TRL-style `model.load_weights` misses the CPU backend's repacking of linear
   weights). Then the prefix cache is reset so no KV block computed with the old weights is reused.
+- The engine's processes die with the process that started it, even when that one is SIGKILLed
+  (`bridgerl.rollout.reaper`: vLLM's engine core does not watch its client).
 - `generate` samples `n` responses per prompt (`SamplingParams(n=...)`, one seed per prompt), stopping at
   every EOS id of the model, and returns vLLM's log-probs of the sampled tokens as a diagnostic.
 
@@ -88,7 +90,11 @@ class VLLMEngine(RolloutEngine):
                 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(CPU_KV_CACHE_GB)))
         from vllm import LLM
 
+        from bridgerl.rollout.reaper import Reaper, children, new_children
+
+        before = children()
         self.llm = LLM(**kwargs)
+        self._reaper = Reaper(new_children(before))  # the engine's processes die with this one, even on SIGKILL
         self.stop_ids = list(stop_ids) if stop_ids is not None else stop_token_ids(model_dir)
         self._asleep = False
 
@@ -156,3 +162,4 @@ class VLLMEngine(RolloutEngine):
         except Exception:  # noqa: BLE001 - best effort: the engine's own atexit handler also shuts it down
             pass
         del llm
+        self._reaper.stop()

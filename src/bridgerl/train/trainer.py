@@ -85,7 +85,7 @@ def state_memory_mb(models: Models, optimizer: torch.optim.Optimizer) -> float:
 
 def engine_logp_gap(batch: SeqBatch, prompt_ids: list[list[int]], engine_logp: list[list[float]]) -> float:
     """Mean |log p_engine − log p_trainer| over the sampled tokens (the trainer's in batch.extras['old_logp'])."""
-    ours = batch.extras["old_logp"].float().cpu()
+    ours = batch.extras["old_logp"].detach().float().cpu()
     theirs = torch.zeros_like(ours)
     for i, (p, lp) in enumerate(zip(prompt_ids, engine_logp)):
         start = len(p) - 1  # the response's token k is predicted at position len(prompt) - 1 + k
