@@ -99,7 +99,8 @@ def zero3_worker(args) -> None:
     from conftest import path_overrides
 
     base = path_overrides(root) + [
-        "tracking.enabled=false", "train.distributed.strategy=zero3", f"train.prompt_batch={args.prompts}",
+        "tracking.enabled=false", "train.method=rl_zero", "train.distributed.strategy=zero3",
+        f"train.prompt_batch={args.prompts}",
         f"train.grpo.group_size={args.n}", f"train.grpo.max_new_tokens={args.tokens}",
         "train.distributed.deepspeed={comms_logger: {enabled: true, prof_all: true, verbose: false}, "
         "zero_optimization: {stage3_param_persistence_threshold: 0}}"]
@@ -154,10 +155,10 @@ def zero3_main(args) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         _tiny_model(Path(tmp), args.pretrain_steps)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", __file__,
-               "--zero3-worker", tmp, "--prompts", str(args.prompts), "--n", str(args.n), "--tokens",
-               str(args.tokens), "--rounds", str(args.rounds)]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", __file__]
+        worker = json.dumps({"root": tmp, "prompts": args.prompts, "n": args.n, "tokens": args.tokens,
+                             "rounds": args.rounds})  # (torchrun would take --n for one of its own options)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src"), "BENCH_ZERO3_WORKER": worker}
         subprocess.run(cmd, check=True, env=env)
 
 
@@ -171,12 +172,11 @@ def main() -> None:
     ap.add_argument("--pretrain-steps", type=int, default=100)
     ap.add_argument("--model-dir", default=None, help="a local model directory instead of the tiny model")
     ap.add_argument("--zero3", action="store_true", help="2 processes under ZeRO-3, with collective traffic")
-    ap.add_argument("--zero3-worker", dest="root", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if os.environ.get("BENCH_ZERO3_WORKER"):
+        return zero3_worker(argparse.Namespace(**json.loads(os.environ["BENCH_ZERO3_WORKER"])))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
-    if args.root:
-        return zero3_worker(args)
     if args.zero3:
         return zero3_main(args)
 

@@ -24,6 +24,11 @@ def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+# vLLM's CPU attention's head sizes (vllm.v1.attention.backends.cpu_attn.CPUAttentionBackend, 0.32), kept here
+# because importing vLLM takes seconds; tests/test_rollout.py checks it against the installed vLLM
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
 def vllm_unsupported(model_dir: str | Path) -> str | None:
     """Why the installed vLLM cannot run this model here (None: it can). On CPU vLLM's attention takes only
     some head sizes (the tests' tiny models have head size 16; the embedded default 32)."""
@@ -31,10 +36,8 @@ def vllm_unsupported(model_dir: str | Path) -> str | None:
         return None
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
     head = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
-
-    sizes = CPUAttentionBackend.get_supported_head_sizes()
-    return None if head in sizes else f"vLLM's CPU attention takes head sizes {sizes}, the model has {head}"
+    sizes = CPU_HEAD_SIZES
+    return None if head in sizes else f"vLLM's CPU attention takes head sizes {list(sizes)}, the model has {head}"
 
 
 def select_backend(requested: str, has_vllm: bool | None = None, model_dir: str | Path | None = None) -> str:
