@@ -59,6 +59,18 @@ def _retie_lm_head(model) -> bool:
     return True
 
 
+def _bind_local_rank_cores() -> None:
+    """CPU, several training processes on a node (torchrun's LOCAL_WORLD_SIZE): each rank's engine gets its own
+    share of the cores (vLLM's auto binding would put every rank's engine on the same core)."""
+    lws, lr = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
+    if lws <= 1 or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    per = max(1, len(cores) // lws)
+    start = (lr * per) % len(cores)
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cores[start: start + per]))
+
+
 class VLLMEngine(RolloutEngine):
     name = "vllm"
 
@@ -84,6 +96,7 @@ class VLLMEngine(RolloutEngine):
             # seeded generator, which CPU generators cannot do ("CPU Generator does not use offset")
             kwargs.update(dtype="float32" if dtype == "auto" else dtype, enforce_eager=True,
                           enable_chunked_prefill=False)
+            _bind_local_rank_cores()
             if kv_cache_gb is not None:
                 os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(kv_cache_gb)))
             else:

@@ -82,7 +82,11 @@ class PolicyRollouts:
                  top_p: float, max_new_tokens: int, seeds: Sequence[int] | None = None) -> list[list[Rollout]]:
         """All ranks: `n` rollouts per prompt from π(θ, w) as of trainer step `version`."""
         self.sync(version)
-        return self.engine.generate(prompt_ids, n, temperature, top_p, max_new_tokens, seeds=seeds)
+        out = self.engine.generate(prompt_ids, n, temperature, top_p, max_new_tokens, seeds=seeds)
+        sleep = getattr(self.engine, "sleep", None)  # vLLM on GPU with sleep mode: free its memory for the update
+        if sleep is not None:
+            sleep()
+        return out
 
     def close(self) -> None:
         if self._engine is not None:
