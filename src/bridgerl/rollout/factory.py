@@ -34,7 +34,10 @@ def vllm_unsupported(model_dir: str | Path) -> str | None:
     some head sizes (the tests' tiny models have head size 16; the embedded default 32)."""
     if torch.cuda.is_available():
         return None
-    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    f = Path(model_dir) / "config.json"
+    if not f.is_file():
+        return f"no {f} to read the model's shape from"
+    cfg = json.loads(f.read_text())
     head = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     sizes = CPU_HEAD_SIZES
     return None if head in sizes else f"vLLM's CPU attention takes head sizes {list(sizes)}, the model has {head}"

@@ -16,6 +16,7 @@ tokens it generates. Backends:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -32,13 +33,21 @@ log = logging.getLogger(__name__)
 class PolicyRollouts:
     def __init__(self, cfg: Config, train_engine, tokenizer, device: torch.device, rows_per_batch: int):
         self.cfg, self.train_engine, self.tok, self.device = cfg, train_engine, tokenizer, device
-        r = cfg.train.rollout
-        self.backend = select_backend(r.backend, model_dir=cfg.model.out_dir)
-        self.live_policy = self.backend == "hf" and not r.hf_generation_copy
         self.batch_size = max(rows_per_batch, cfg.eval.batch_size)
-        self.stop_ids = stop_token_ids(cfg.model.out_dir, tokenizer)
         self._engine: RolloutEngine | None = None
         self._version: int | None = None  # the trainer step whose weights the engine holds
+
+    @functools.cached_property
+    def backend(self) -> str:
+        return select_backend(self.cfg.train.rollout.backend, model_dir=self.cfg.model.out_dir)
+
+    @property
+    def live_policy(self) -> bool:
+        return self.backend == "hf" and not self.cfg.train.rollout.hf_generation_copy
+
+    @functools.cached_property
+    def stop_ids(self) -> list[int]:
+        return stop_token_ids(self.cfg.model.out_dir, self.tok)
 
     @property
     def engine(self) -> RolloutEngine:
