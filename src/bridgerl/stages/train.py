@@ -40,6 +40,7 @@ def _curve_csv(history: list[dict]) -> str:
 def _final_metrics(tr: Trainer) -> dict:
     hist = tr.history
     out = {"method": tr.method, "steps": tr.step, "wall_time_s": round(tr.elapsed, 3),
+           "rollout_backend": tr.rollout.backend,  # what train.rollout.backend (auto) chose here
            "peak_memory_mb": max((h.get("peak_memory_mb", 0.0) for h in hist), default=0.0),
            "state_memory_mb": max((h.get("state_memory_mb", 0.0) for h in hist), default=0.0)}
     # cost axes that carry over to scale: tokens generated, tokens trained on (per iteration's batches), steps
