@@ -7,6 +7,12 @@ processes) are measured; generated tokens/s and the vLLM/HF ratio are printed. G
 engines are compared first (they must be identical).
 
     python benchmarks/bench_rollout.py [--prompts 40] [--n 5] [--tokens 64] [--rounds 3] [--threads 1]
+    python benchmarks/bench_rollout.py --zero3 [--prompts 8] [--n 5] [--tokens 64] [--rounds 2]
+
+--zero3 runs the trainer's own rollout paths (bridgerl.train.policy_rollouts) on 2 processes under ZeRO-3
+(torchrun, gloo, every parameter partitioned) and adds the collective traffic of a rollout batch (all-gather
+calls and MB, DeepSpeed's comms logger; weight sync included): HF through the partitioned policy (per-token
+gathers, train.rollout.hf_generation_copy=false), HF from the merged copy gathered once, and vLLM.
 
 It builds the default tiny model (params.yaml's model.tiny, head size 32) in a temporary directory first.
 On a GPU machine, --model-dir takes any local causal-LM directory instead (e.g. a Qwen2.5-shaped model
@@ -76,6 +82,86 @@ def _run(engine, prompts, n: int, tokens: int, seeds) -> tuple[float, float, int
     return wall, cpu, generated
 
 
+ZERO3_ENGINES = {"hf-per-token": ["train.rollout.backend=hf", "train.rollout.hf_generation_copy=false"],
+                 "hf-gathered-once": ["train.rollout.backend=hf"],
+                 "vllm": ["train.rollout.backend=vllm", "train.rollout.kv_cache_gb=1"]}
+
+
+def zero3_worker(args) -> None:
+    """One torchrun rank: a ZeRO-3 trainer, its rollouts through each engine, interleaved."""
+    from bridgerl.config import load_config
+    from bridgerl.train.parallel import all_reduce, allgather_traffic
+    from bridgerl.train.policy_rollouts import PolicyRollouts
+    from bridgerl.train.trainer import make_trainer
+
+    root = Path(args.root)
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import path_overrides
+
+    base = path_overrides(root) + [
+        "tracking.enabled=false", "train.method=rl_zero", "train.distributed.strategy=zero3",
+        f"train.prompt_batch={args.prompts}",
+        f"train.grpo.group_size={args.n}", f"train.grpo.max_new_tokens={args.tokens}",
+        "train.distributed.deepspeed={comms_logger: {enabled: true, prof_all: true, verbose: false}, "
+        "zero_optimization: {stage3_param_persistence_threshold: 0}}"]
+    tr = make_trainer(load_config(REPO / "params.yaml", base + ZERO3_ENGINES["hf-gathered-once"]))
+    engines = {k: PolicyRollouts(load_config(REPO / "params.yaml", base + ov), tr.engine, tr.tok, tr.device,
+                                 args.prompts * args.n) for k, ov in ZERO3_ENGINES.items()}
+    rows = [tr.rl_rows[i] for i in tr.rl_sampler.next()]
+    prompts = [tr._prompt_ids(r["problem"]) for r in rows]
+    seeds = list(range(len(prompts)))
+    version = 0
+
+    def run(k: str) -> tuple[float, float, int, float, float]:
+        nonlocal version
+        version += 1  # a new version: the sync (the gather of π(θ, w)) is part of every batch, as in training
+        eng = engines[k]
+        g0, c0, t0 = allgather_traffic(), _cpu_seconds(), time.perf_counter()
+        eng.sync(version)
+        groups = eng.engine.generate(prompts, args.n, 1.0, 1.0, args.tokens, seeds=seeds, ignore_eos=True)
+        wall, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
+        g1 = allgather_traffic()
+        gen = sum(len(r.token_ids) for g in groups for r in g)
+        wall = all_reduce([wall], "max")[0]
+        cpu, gen = all_reduce([cpu, float(gen)])  # both ranks (and their engines' processes)
+        return wall, cpu, int(gen), g1[0] - g0[0], (g1[1] - g0[1]) / 2**20
+
+    for k in engines:  # warm-up (the vLLM engines start here)
+        run(k)
+    order = list(engines) + list(reversed(engines))
+    res: dict[str, list] = {k: [] for k in engines}
+    for _ in range(args.rounds):
+        for k in order:
+            res[k].append(run(k))
+    for e in engines.values():
+        e.close()
+    tr.close()
+    if tr.is_main:
+        batch = f"{len(prompts) * 2} prompts (2 ranks) × {args.n} samples × {args.tokens} tokens"
+        print(f"\nZeRO-3, 2 processes: rollout batch {batch}; {args.rounds} rounds of A B C C B A")
+        print("engine              wall s   cpu s (both ranks)  tokens/s  all-gathers/batch (rank 0)  MB/batch")
+        tps = {}
+        for k, runs in res.items():
+            wall = statistics.median(r[0] for r in runs)
+            cpu = statistics.median(r[1] for r in runs)
+            tps[k] = runs[0][2] / wall
+            print(f"{k:18s} {wall:7.2f} {cpu:10.2f} {tps[k]:18.0f} {runs[0][3]:18d} {runs[0][4]:18.2f}")
+        for k in ("hf-gathered-once", "vllm"):
+            print(f"{k} / hf-per-token tokens/s: {tps[k] / tps['hf-per-token']:.2f}x")
+
+
+def zero3_main(args) -> None:
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _tiny_model(Path(tmp), args.pretrain_steps)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", __file__]
+        worker = json.dumps({"root": tmp, "prompts": args.prompts, "n": args.n, "tokens": args.tokens,
+                             "rounds": args.rounds})  # (torchrun would take --n for one of its own options)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src"), "BENCH_ZERO3_WORKER": worker}
+        subprocess.run(cmd, check=True, env=env)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=40)
@@ -85,9 +171,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the HF engine")
     ap.add_argument("--pretrain-steps", type=int, default=100)
     ap.add_argument("--model-dir", default=None, help="a local model directory instead of the tiny model")
+    ap.add_argument("--zero3", action="store_true", help="2 processes under ZeRO-3, with collective traffic")
     args = ap.parse_args()
+    if os.environ.get("BENCH_ZERO3_WORKER"):
+        return zero3_worker(argparse.Namespace(**json.loads(os.environ["BENCH_ZERO3_WORKER"])))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
+    if args.zero3:
+        return zero3_main(args)
 
     from bridgerl.config import RolloutConfig
     from bridgerl.rollout import make_engine

@@ -122,6 +122,13 @@ COMMON = ["train.distributed.seeded_rollouts=true", f"train.max_grad_norm={MAX_G
           "train.keep_checkpoints=2"]
 
 
+# DeepSpeed's comms logger: the trainer then reports each rollout batch's all-gathers (rollout_allgathers); no
+# parameter persistence: ZeRO-3 keeps parameters below a size threshold whole on every rank, which is every
+# parameter of the tiny model (nothing would be partitioned, nothing gathered)
+COMMS_LOGGER = ("train.distributed.deepspeed={comms_logger: {enabled: true, prof_all: true, verbose: false}, "
+                "zero_optimization: {stage3_param_persistence_threshold: 0}}")
+
+
 def _train(root: Path, *overrides: str, extra: tuple[str, ...] = (), env: dict | None = None):
     from conftest import FAST, REPO, path_overrides
 
@@ -141,11 +148,12 @@ def runs(tiny_project, tmp_path_factory):
     base = tmp_path_factory.mktemp("dist")
     out = {}
     out["single"] = _copy(tiny_project, base / "single")
-    _train(out["single"])
+    _train(out["single"], f"train.rollout.dump_dir={out['single'] / 'rollouts'}")
     out["zero2"] = _copy(tiny_project, base / "zero2")
     _train(out["zero2"], "train.distributed.strategy=zero2", "tracking.enabled=true", extra=("--nproc", "2"))
     out["zero3"] = _copy(tiny_project, base / "zero3")
-    _train(out["zero3"], "train.distributed.strategy=zero3", extra=("--nproc", "2"))
+    _train(out["zero3"], "train.distributed.strategy=zero3", f"train.rollout.dump_dir={out['zero3'] / 'rollouts'}",
+           COMMS_LOGGER, extra=("--nproc", "2"))
     out["zero2_offload"] = _copy(tiny_project, base / "zero2_offload")
     _train(out["zero2_offload"], "train.distributed.strategy=zero2", "train.distributed.offload=true",
            extra=("--nproc", "2"))
@@ -204,6 +212,53 @@ def test_bridge_under_zero_matches_single_process(runs, strategy):
     assert set(b) == set(base), "export must carry exactly the base architecture's weights (no LoRA, no shadow)"
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=2e-5, rtol=1e-4)
+
+
+def _dumped_rollouts(root: Path) -> dict:
+    """{(step, problem id, sample): response token ids} from every rank's train.rollout.dump_dir files."""
+    import json
+
+    out = {}
+    for f in sorted((root / "rollouts").glob("step-*.jsonl")):
+        for line in f.read_text().splitlines():
+            r = json.loads(line)
+            out[(r["step"], r["id"], r["sample"])] = r["response_ids"]
+    return out
+
+
+def _curve(root: Path, column: str) -> list[float]:
+    return [float(r[column]) for r in csv.DictReader(open(root / "plots" / "train_curve.csv"))]
+
+
+@pytest.mark.slow
+def test_zero3_rollouts_equal_single_process(runs):
+    """Generated from a gathered, merged copy of π(θ, w) on each of 2 ZeRO-3 ranks: the same rollouts, token
+    for token, as one process (seeded per row), at every step."""
+    single, zero3 = _dumped_rollouts(runs["single"]), _dumped_rollouts(runs["zero3"])
+    assert len(single) == 3 * 2 * 3  # steps × prompts × group
+    assert zero3 == single
+    assert len(list((runs["zero3"] / "rollouts").glob("step-000001.rank*.jsonl"))) == 2
+
+
+@pytest.mark.slow
+def test_zero3_rollout_allgathers_do_not_grow_with_the_output_length(runs, tiny_project, tmp_path):
+    """Gathered once per rollout batch: the all-gathers of a batch (weight sync + generation, counted by
+    DeepSpeed's comms logger) are the same for 16 and 48 new tokens; generating through the partitioned policy
+    (train.rollout.hf_generation_copy=false, today's fallback) gathers at every token, so it grows."""
+    once16 = _curve(runs["zero3"], "rollout_allgathers")
+    assert len(once16) == 3 and once16[0] > 0 and len(set(once16)) == 1
+
+    def gathers(name: str, *over: str) -> tuple[float, float]:
+        root = _copy(tiny_project, tmp_path / name)
+        _train(root, "train.distributed.strategy=zero3", "train.steps=1", COMMS_LOGGER, *over, extra=("--nproc", "2"))
+        return _curve(root, "rollout_allgathers")[0], _curve(root, "response_length")[0]
+
+    once48, len48 = gathers("once48", "train.grpo.max_new_tokens=48")
+    assert len48 > 16, "the test needs responses longer than the short run's budget"
+    assert once48 == once16[0]
+    live16, _ = gathers("live16", "train.rollout.hf_generation_copy=false")
+    live48, _ = gathers("live48", "train.rollout.hf_generation_copy=false", "train.grpo.max_new_tokens=48")
+    assert live48 > 2 * live16 > 2 * once16[0]
 
 
 @pytest.mark.slow

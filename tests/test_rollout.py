@@ -143,6 +143,20 @@ def test_merged_weights_are_merge_and_unload_with_base_names(setup):
     assert all(torch.equal(p, before[n]) for n, p in policy.named_parameters())  # the policy is untouched
 
 
+def test_cpu_head_sizes_are_vllms(tmp_path):
+    """auto's check (without importing vLLM) uses the installed vLLM's list, and refuses the tests' head 16."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    from bridgerl.rollout.factory import CPU_HEAD_SIZES, vllm_unsupported
+
+    assert list(CPU_HEAD_SIZES) == CPUAttentionBackend.get_supported_head_sizes()
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 32, "num_attention_heads": 2}))
+    assert "16" in vllm_unsupported(tmp_path)
+    assert select_backend("auto", model_dir=tmp_path) == "hf"
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 128, "num_attention_heads": 4}))
+    assert vllm_unsupported(tmp_path) is None and select_backend("auto", model_dir=tmp_path) == "vllm"
+
+
 def test_select_backend():
     assert select_backend("auto", has_vllm=True) == "vllm"
     assert select_backend("auto", has_vllm=False) == "hf"

@@ -241,7 +241,7 @@ def _history_without_time(path):
     import csv
 
     rows = list(csv.DictReader(open(path)))
-    return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rows]
+    return [{k: v for k, v in r.items() if not k.endswith("_time_s")} for r in rows]  # wall_time_s, rollout_time_s
 
 
 def _straight_and_resumed(tiny_project, tmp_path, over, stop: int = 2):

@@ -2,4 +2,5 @@ import sys
 
 from bridgerl.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # vLLM's engine starts its processes with spawn
+    sys.exit(main())

@@ -302,10 +302,17 @@ class DistributedConfig(_Section):
 
 
 class RolloutConfig(_Section):
-    """How rollouts are generated (bridgerl.rollout, docs/rollout.md); not yet read by the trainer."""
+    """How the trainer generates rollouts and its held-out evaluation (bridgerl.rollout, docs/rollout.md);
+    the evaluate stage has its own eval.backend."""
 
     backend: Literal["auto", "hf", "vllm"] = Field("auto", description=(
-        "auto: vllm when the package is importable, else hf"))
+        "auto: vllm when the package is importable and runs the model here (on CPU: a head size vLLM's CPU "
+        "attention supports), else hf"))
+    hf_generation_copy: bool = Field(True, description=(
+        "hf: generate from a plain copy of the model holding π(θ, w)'s merged weights, refreshed once per rollout "
+        "batch (under ZeRO-3 gathered once per batch, as TRL's ds3_gather_for_generation: no per-token "
+        "collectives; one more full copy of the weights per process); false: generate through the training "
+        "policy itself (unmerged LoRA; ZeRO-3 gathers every layer at every decoded token)"))
     gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0, description="vllm on GPU: its share, next to training")
     tensor_parallel_size: int = Field(1, ge=1, description="vllm on GPU")
     sleep: bool = Field(True, description=(
@@ -314,6 +321,9 @@ class RolloutConfig(_Section):
         "vllm KV cache size; None: 1 GiB on CPU, on GPU what gpu_memory_utilization leaves"))
     max_model_len: int | None = Field(None, gt=0, description=(
         "vllm: longest prompt + response; None: the model's own limit"))
+    dump_dir: str | None = Field(None, description=(
+        "write every rollout batch there (step-NNNNNN.rankR.jsonl: problem id, sample, response tokens and text, "
+        "reward, finish reason), as verl's rollout_data_dir; None: not written"))
 
 
 class TrainConfig(_Section):

@@ -24,7 +24,7 @@ FinishReason = Literal["stop", "length"]
 @dataclass
 class Rollout:
     token_ids: list[int]  # the response; ends with a stop token when finish_reason == "stop"
-    logprobs: list[float] | None  # the engine's log p of each token (raw logits, temperature 1); None: not computed
+    logprobs: list[float] | None  # the engine's log p of each token under the sampling temperature; None: not given
     finish_reason: FinishReason
 
 

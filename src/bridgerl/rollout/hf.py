@@ -2,17 +2,19 @@
 
 The engine owns a generation copy of the policy; `update_weights` copies π(θ, w)'s merged weights into
 it once per rollout batch, so decoding runs on merged weights instead of through the LoRA adapters.
-Generation stops at every EOS id of the model (`stop_token_ids`), not only the tokenizer's.
+Generation stops at every EOS id of the model (`stop_token_ids`), not only the tokenizer's. With seeds
+(one per prompt) every row is sampled with its own seed (`SeededSampling`), so a group's rollouts do not
+depend on the batch it is generated in or on the number of processes; without, from torch's global RNG.
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterable, Sequence
 
 import torch
 
 from bridgerl.rollout.base import Rollout, RolloutEngine, stop_token_ids
+from bridgerl.train.seeded_sampling import SeededSampling, sample_seeds
 
 
 class HFEngine(RolloutEngine):
@@ -56,18 +58,22 @@ class HFEngine(RolloutEngine):
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if ignore_eos:
             kwargs["min_new_tokens"] = max_new_tokens
+        row_seeds = None
+        if seeds is not None and temperature > 0:  # a seed per row: a row's sample does not depend on its batch
+            if len(seeds) != len(prompt_ids):
+                raise ValueError(f"seeds: {len(seeds)} given for {len(prompt_ids)} prompts (one per prompt)")
+            row_seeds = [s for seed in seeds for s in sample_seeds(int(seed), n)]
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         was_training = self.model.training
         self.model.eval()
         device = next(self.model.parameters()).device
         out: list[Rollout] = []
-        # sampling is seeded by the batch's seeds (reproducible for the same batch), without touching
-        # the caller's random state
-        seed = zlib.crc32(repr(list(seeds)).encode()) if seeds is not None else None
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            if seed is not None:
-                torch.manual_seed(seed)
-            for i in range(0, len(rows), self.batch_size):
-                out += self._generate_batch(rows[i: i + self.batch_size], device, kwargs)
+        for i in range(0, len(rows), self.batch_size):
+            kw = kwargs
+            if row_seeds is not None:
+                kw = {**kwargs, "logits_processor": [SeededSampling(row_seeds[i: i + self.batch_size], temperature,
+                                                                    top_p)]}
+            out += self._generate_batch(rows[i: i + self.batch_size], device, kw)
         self.model.train(was_training)
         return [out[j * n: (j + 1) * n] for j in range(len(prompt_ids))]
 

@@ -10,6 +10,8 @@
   `worker_extension_cls`) hands them to the worker's `reload_weights(weights_iterator=...)`: vLLM's own
   in-place reload (the TRL-style `model.load_weights` misses the CPU backend's repacking of linear
   weights). Then the prefix cache is reset so no KV block computed with the old weights is reused.
+- The engine's processes die with the process that started it, even when that one is SIGKILLed
+  (`bridgerl.rollout.reaper`: vLLM's engine core does not watch its client).
 - `generate` samples `n` responses per prompt (`SamplingParams(n=...)`, one seed per prompt), stopping at
   every EOS id of the model, and returns vLLM's log-probs of the sampled tokens as a diagnostic.
 
@@ -57,6 +59,18 @@ def _retie_lm_head(model) -> bool:
     return True
 
 
+def _bind_local_rank_cores() -> None:
+    """CPU, several training processes on a node (torchrun's LOCAL_WORLD_SIZE): each rank's engine gets its own
+    share of the cores (vLLM's auto binding would put every rank's engine on the same core)."""
+    lws, lr = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
+    if lws <= 1 or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    per = max(1, len(cores) // lws)
+    start = (lr * per) % len(cores)
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cores[start: start + per]))
+
+
 class VLLMEngine(RolloutEngine):
     name = "vllm"
 
@@ -65,8 +79,9 @@ class VLLMEngine(RolloutEngine):
                  kv_cache_gb: float | None = None, stop_ids: Sequence[int] | None = None):
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
         on_gpu = torch.cuda.is_available()
+        # log-probs of the distribution tokens were sampled from (temperature applied), as the trainer's are
         kwargs = dict(model=str(model_dir), tokenizer=str(model_dir), seed=seed, max_model_len=max_model_len,
-                      worker_extension_cls=f"{__name__}.WorkerExtension")
+                      worker_extension_cls=f"{__name__}.WorkerExtension", logprobs_mode="processed_logprobs")
         if on_gpu:
             from vllm.platforms import current_platform
 
@@ -81,13 +96,18 @@ class VLLMEngine(RolloutEngine):
             # seeded generator, which CPU generators cannot do ("CPU Generator does not use offset")
             kwargs.update(dtype="float32" if dtype == "auto" else dtype, enforce_eager=True,
                           enable_chunked_prefill=False)
+            _bind_local_rank_cores()
             if kv_cache_gb is not None:
                 os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(kv_cache_gb)))
             else:
                 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(CPU_KV_CACHE_GB)))
         from vllm import LLM
 
+        from bridgerl.rollout.reaper import Reaper, children, new_children
+
+        before = children()
         self.llm = LLM(**kwargs)
+        self._reaper = Reaper(new_children(before))  # the engine's processes die with this one, even on SIGKILL
         self.stop_ids = list(stop_ids) if stop_ids is not None else stop_token_ids(model_dir)
         self._asleep = False
 
@@ -155,3 +175,4 @@ class VLLMEngine(RolloutEngine):
         except Exception:  # noqa: BLE001 - best effort: the engine's own atexit handler also shuts it down
             pass
         del llm
+        self._reaper.stop()

@@ -4,15 +4,21 @@
 ("model.layers.0.self_attn.q_proj.weight"), one tensor at a time: each LoRA-wrapped linear layer's
 weight is computed as W + ΔW with peft's `get_delta_weight`, nothing is merged in place, and no copy of
 the whole model is made. It reads the policy only; the shadow θ̂ is a different module and is never
-passed here. Under ZeRO-3 the caller gathers the partitioned parameters first.
+passed here. Under ZeRO-3 pass `gather` (the training engine's `gathered`): each tensor is then gathered
+just for the time it takes to compute it (the base weight with its LoRA factors), and a copy is yielded,
+so the whole rollout batch costs one gather of each parameter, whatever the number of tokens generated.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import ContextManager
 
 import torch
 from torch import nn
+
+Gather = Callable[[Iterable[nn.Parameter]], ContextManager]
 
 
 def _lora_delta(module) -> torch.Tensor | None:
@@ -30,14 +36,22 @@ def _lora_delta(module) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def merged_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """The merged weights of a peft model (or a plain model's own parameters), base-model names."""
+def merged_weights(model: nn.Module, gather: Gather | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """The merged weights of a peft model (or a plain model's own parameters), base-model names.
+    `gather(params)`: a context in which partitioned `params` are whole (ZeRO-3); tensors are then copies."""
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
 
+    def whole(params):
+        return gather(params) if gather is not None else contextlib.nullcontext()
+
+    def out(t: torch.Tensor) -> torch.Tensor:  # a gathered parameter's storage is freed when its context ends
+        return t.detach().clone() if gather is not None else t.detach()
+
     if not isinstance(model, PeftModel):
         for name, p in model.named_parameters():
-            yield name, p.detach()
+            with whole([p]):
+                yield name, out(p)
         return
     base = model.get_base_model()
     lora_modules = {name: m for name, m in base.named_modules() if isinstance(m, LoraLayer)}
@@ -45,12 +59,15 @@ def merged_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
         if "lora_" in name:  # lora_A / lora_B / lora_embedding_* / lora_magnitude_vector: folded into W
             continue
         if ".base_layer." not in name:
-            yield name, p.detach()
+            with whole([p]):
+                yield name, out(p)
             continue
         owner, pname = name.rsplit(".base_layer.", 1)
-        t = p.detach()
-        if pname == "weight" and owner in lora_modules:
-            delta = _lora_delta(lora_modules[owner])
-            if delta is not None:
-                t = t + delta.to(t.dtype)
-        yield f"{owner}.{pname}", t
+        module = lora_modules.get(owner)
+        if pname != "weight" or module is None:
+            with whole([p]):
+                yield f"{owner}.{pname}", out(p)
+            continue
+        with whole([p, *(q for n, q in module.named_parameters() if "lora_" in n)]):
+            delta = _lora_delta(module)
+            yield f"{owner}.{pname}", out(p) if delta is None else p.detach() + delta.to(p.dtype)

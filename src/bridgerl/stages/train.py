@@ -23,7 +23,9 @@ from bridgerl.train.models import export
 from bridgerl.train.trainer import Trainer, make_trainer
 
 CURVE_FIELDS = ["step", "wall_time_s", "phase", "reward_mean", "accuracy", "heldout_accuracy", "sft_nll", "kl",
-                "entropy", "response_length", "coop_gain", "lambda", "grad_norm", "loss"]
+                "entropy", "response_length", "coop_gain", "lambda", "grad_norm", "loss", "generated_tokens",
+                "trained_tokens", "optimizer_steps", "rollout_time_s", "engine_logp_abs_diff", "rollout_allgathers",
+                "rollout_allgather_mb"]
 
 
 def _curve_csv(history: list[dict]) -> str:
@@ -38,8 +40,14 @@ def _curve_csv(history: list[dict]) -> str:
 def _final_metrics(tr: Trainer) -> dict:
     hist = tr.history
     out = {"method": tr.method, "steps": tr.step, "wall_time_s": round(tr.elapsed, 3),
+           "rollout_backend": tr.rollout.backend,  # what train.rollout.backend (auto) chose here
            "peak_memory_mb": max((h.get("peak_memory_mb", 0.0) for h in hist), default=0.0),
            "state_memory_mb": max((h.get("state_memory_mb", 0.0) for h in hist), default=0.0)}
+    # cost axes that carry over to scale: tokens generated, tokens trained on (per iteration's batches), steps
+    for k in ("generated_tokens", "trained_tokens"):
+        out[k] = sum(h.get(k, 0.0) for h in hist)
+    if hist and "optimizer_steps" in hist[-1]:
+        out["optimizer_steps"] = hist[-1]["optimizer_steps"]
     held = [h for h in hist if not math.isnan(h.get("heldout_accuracy", float("nan")))]
     if held:
         out["heldout_accuracy"] = held[-1]["heldout_accuracy"]

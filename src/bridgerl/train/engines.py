@@ -46,6 +46,7 @@ class TorchEngine:
     def __init__(self, cfg: Config, models: Models, optimizer: torch.optim.Optimizer, env: ProcEnv):
         self.cfg, self.models, self.optimizer, self.env = cfg, models, optimizer, env
         self.grad_norm: float | None = None  # total norm before clipping, at the last step
+        self.optimizer_steps = 0  # optimizer steps taken by this process (all of a method's updates)
 
     # -- update ----------------------------------------------------------------------------------
     def backward(self, loss: torch.Tensor) -> None:
@@ -59,8 +60,15 @@ class TorchEngine:
                 self.grad_norm = float(torch.nn.utils.clip_grad_norm_(params, mg))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer_steps += 1
 
     # -- weights -------------------------------------------------------------------------------
+    partitioned = False  # parameters are split across ranks (ZeRO-3): read them inside `gathered`
+
+    def policy_module(self) -> nn.Module:
+        """The policy module itself (θ with its LoRA w), for reading its weights."""
+        return self.models.policy
+
     def gathered(self, params, modify: bool = False):
         """A context in which `params` are whole on every rank (and changes to them are kept with `modify`)."""
         return contextlib.nullcontext()
@@ -202,6 +210,7 @@ class DeepSpeedEngine(TorchEngine):
 
     def step(self) -> None:
         self.ds.step()  # gradient reduction, clipping (global norm), optimizer step, zero_grad
+        self.optimizer_steps += 1
         self._clear_stale_accumulation()
         if self.cfg.train.max_grad_norm:
             norm = self.ds.get_global_grad_norm()
@@ -221,6 +230,13 @@ class DeepSpeedEngine(TorchEngine):
             buf.zero_()
         for b in (getattr(opt, "accumulated_grads_in_cpu", None) or {}).values():  # ZeRO-2 + offload
             b.zero_()
+
+    @property
+    def partitioned(self) -> bool:
+        return self.zero3
+
+    def policy_module(self) -> nn.Module:
+        return self.plain_policy
 
     def gathered(self, params, modify: bool = False):
         if not self.zero3:

@@ -20,8 +20,8 @@ import torch
 
 from bridgerl.config import Config, ConfigError
 
-SUM_METRICS = ("tokens_per_s",)
-MAX_METRICS = ("peak_memory_mb", "step_time_s", "wall_time_s")
+SUM_METRICS = ("tokens_per_s", "generated_tokens", "trained_tokens", "rollout_allgathers", "rollout_allgather_mb")
+MAX_METRICS = ("peak_memory_mb", "step_time_s", "wall_time_s", "rollout_time_s", "optimizer_steps")
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,25 @@ def all_reduce(values: list[float], op: str = "sum") -> list[float]:
 def barrier() -> None:
     if is_distributed():
         torch.distributed.barrier()
+
+
+def allgather_traffic() -> tuple[int, int] | None:
+    """(calls, bytes) of the all-gathers DeepSpeed's comms logger has recorded in this process so far
+    (train.distributed.deepspeed.comms_logger.enabled with prof_all); None when it is not recording."""
+    try:
+        from deepspeed.comm import comm as dscomm
+    except ImportError:
+        return None
+    logger = getattr(dscomm, "comms_logger", None)
+    if logger is None or not logger.enabled:
+        return None
+    calls = size = 0
+    for op, by_size in logger.comms_dict.items():
+        if "all_gather" in op or "allgather" in op:
+            for msg_size, rec in by_size.items():
+                calls += rec[0]
+                size += rec[0] * msg_size
+    return calls, size
 
 
 def close() -> None:

@@ -27,6 +27,11 @@ def row_seeds(seed: int, step: int, rows: list[int]) -> list[int]:
     return s.tolist()
 
 
+def sample_seeds(prompt_seed: int, n: int) -> list[int]:
+    """The seeds of a prompt's n samples, from the prompt's seed."""
+    return row_seeds(prompt_seed, 0, list(range(n)))
+
+
 class SeededSampling:
     """A transformers logits processor that, with greedy decoding, samples from softmax(logits/T)
     (top-p filtered) by the Gumbel-max trick with noise hashed from (row seed, token index, vocab id):
