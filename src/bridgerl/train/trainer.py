@@ -69,18 +69,12 @@ def peak_memory_mb() -> float:
 
 
 def state_memory_mb(models: Models, optimizer: torch.optim.Optimizer) -> float:
-    """Memory of the training state: the weights of policy, shadow and reference, their gradients and
-    the optimizer state (shared tensors counted once). Comparable across methods on any device."""
-    seen, total = set(), 0
-    modules = [m for m in (models.policy, models.shadow, models.ref) if m is not None]
-    tensors = [p for m in modules for p in m.parameters()]
-    tensors += [p.grad for p in tensors if p.grad is not None]
-    tensors += [v for st in optimizer.state.values() for v in st.values() if torch.is_tensor(v)]
-    for t in tensors:
-        if id(t) not in seen:
-            seen.add(id(t))
-            total += t.numel() * t.element_size()
-    return total / 2**20
+    """Memory of the training state on the training device: weights of policy, shadow and reference, their
+    gradients and the optimizer state (shared tensors once; an offloaded shadow is host memory, not counted).
+    Comparable across methods on any device (bridgerl.train.memory)."""
+    from bridgerl.train.memory import training_state
+
+    return training_state(models, optimizer)["device"] / 2**20
 
 
 def engine_logp_gap(batch: SeqBatch, prompt_ids: list[list[int]], engine_logp: list[list[float]]) -> float:
