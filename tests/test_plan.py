@@ -54,3 +54,14 @@ def test_unknown_model_is_a_one_line_error():
     p = run_cli("plan", "-P", PARAMS, "-S", "model.base=someone/unknown-model", "-S", "model.out_dir=/nonexistent",
                 check=False)
     assert p.returncode == 2 and "model.base" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_a_model_dir_of_another_base_is_not_read(tmp_path):
+    """model.out_dir holding the embedded tiny model (a local `dvc repro`) does not stand in for the preset's Qwen."""
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 32, "num_attention_heads": 2,
+                                                      "num_hidden_layers": 1, "intermediate_size": 64,
+                                                      "vocab_size": 320}))
+    (tmp_path / "bridgerl_base.json").write_text(json.dumps({"base": "embedded"}))
+    _, here = _plan("-S", f"model.out_dir={tmp_path}")
+    _, table = _plan()
+    assert here["training_state_gb"] == table["training_state_gb"] > 20

@@ -55,9 +55,12 @@ def model_config(cfg: Config):
     """The transformers config of the model to train: a local directory's config.json, else the table."""
     from transformers import AutoConfig, LlamaConfig
 
-    for d in (cfg.model.base, cfg.model.out_dir):
-        if d and (Path(d) / "config.json").is_file():
-            return AutoConfig.from_pretrained(d)
+    if cfg.model.base and (Path(cfg.model.base) / "config.json").is_file():  # a local model directory
+        return AutoConfig.from_pretrained(cfg.model.base)
+    out = Path(cfg.model.out_dir)
+    record = out / "bridgerl_base.json"  # init-model's record: model.out_dir may hold another base model
+    if (out / "config.json").is_file() and record.is_file() and json.loads(record.read_text()).get("base") == cfg.model.base:
+        return AutoConfig.from_pretrained(out)
     base = cfg.model.base.removesuffix("-Instruct")
     if base in KNOWN_SHAPES:
         shape = dict(KNOWN_SHAPES[base])
