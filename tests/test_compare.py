@@ -15,7 +15,7 @@ def test_compare_two_seeds_statistics_and_report(project):
     out = project / "report"
     sweeps = compare.parse_sweeps(["train.bridge.lam=0.5,1"])  # 0.5 is the configuration's: no extra arm
     res = compare.run(cfg, methods=["cold_start", "bridge_frozen_w", "mixed", "bridge"], seeds=[0, 1], out=out,
-                      progress=False, sweeps=sweeps)
+                      progress=False, sweeps=sweeps, jobs=2)  # two runs at a time, each in its own process
     arms, st = res["arms"], res["statistics"]
     assert list(arms) == ["cold_start", "mixed", "bridge", "bridge bridge.lam=1", "bridge_frozen_w"]
     for label, r in arms.items():

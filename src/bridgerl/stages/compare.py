@@ -155,7 +155,8 @@ def _one_run(rc: Config, progress: bool) -> None:
 
     run_dir = Path(rc.train.metrics_file).parent
     done = run_dir / "run.json"
-    if done.exists() and read_json(done).get("config_digest") == rc.digest():
+    key = rc.model_copy(update={"threads": None}).digest()  # threads never change a result
+    if done.exists() and read_json(done).get("config_digest") == key:
         return
     t0, cpu0, load0 = time.perf_counter(), time.process_time(), _load_avg()
     train.run(rc, progress=progress)
@@ -163,7 +164,7 @@ def _one_run(rc: Config, progress: bool) -> None:
     shutil.rmtree(rc.train.out_dir, ignore_errors=True)
     shutil.rmtree(rc.train.checkpoint_dir, ignore_errors=True)
     shutil.rmtree(rc.eval.out_dir, ignore_errors=True)
-    write_json(done, {"config_digest": rc.digest(), "wall_s": round(time.perf_counter() - t0, 1),
+    write_json(done, {"config_digest": key, "threads": rc.threads, "wall_s": round(time.perf_counter() - t0, 1),
                       "cpu_s": round(time.process_time() - cpu0, 1), "load_avg_start": load0,
                       "load_avg_end": _load_avg()})
 
@@ -185,9 +186,28 @@ def _collect(rc: Config, arm: Arm, tm) -> dict:
             "totals": {k: cum[-1][k] for k in costs.AXES} if cum else {}, "run": run}
 
 
+def _run_all(todo: list, jobs: int, progress: bool) -> None:
+    """Every (arm, seed) run, one after the other or in `jobs` processes (runs are independent)."""
+    n = len(todo)
+    if jobs <= 1:
+        for i, (arm, seed, rc) in enumerate(todo, 1):
+            print(f"compare: run {i}/{n}: {arm.label}, seed {seed}", flush=True)
+            _one_run(rc, progress)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+        futures = {ex.submit(_one_run, rc, False): (arm, seed) for arm, seed, rc in todo}
+        for i, f in enumerate(as_completed(futures), 1):
+            f.result()  # a failed run fails the comparison
+            arm, seed = futures[f]
+            print(f"compare: {i}/{n} runs done (last: {arm.label}, seed {seed})", flush=True)
+
+
 def run(cfg: Config, methods: list[str] | None = None, seeds: list[int] | None = None,
         out: str | Path = "docs/results", progress: bool = True,
-        sweeps: list[tuple[str, str, list[Any]]] | None = None) -> dict:
+        sweeps: list[tuple[str, str, list[Any]]] | None = None, jobs: int = 1) -> dict:
     from bridgerl.comparison import costs
     from bridgerl.stages import evaluate
 
@@ -208,18 +228,19 @@ def run(cfg: Config, methods: list[str] | None = None, seeds: list[int] | None =
         evaluate.run(b, model_dir=b.model.out_dir, progress=progress)
     base_acc = {k: v["accuracy"] for k, v in read_json(base_file)["benchmarks"].items()}
     tm = costs.token_means(icfg)
-    n_runs, i = len(arms) * len(seeds), 0
+    todo = [(arm, seed, _run_cfg(icfg, arm, seed, out / "runs" / f"{arm.slug}-s{seed}"))
+            for seed in seeds for arm in arms]  # seed-major: an interrupted comparison has whole seeds
+    if jobs > 1 and icfg.threads is None:  # one process per share of the cores
+        from bridgerl.threads import available_cores
+
+        for _, _, rc in todo:
+            rc.threads = max(1, available_cores() // jobs)
+    _run_all(todo, jobs, progress)
     results: dict = {}
-    for seed in seeds:  # seed-major: an interrupted comparison has whole seeds of every arm
-        for arm in arms:
-            i += 1
-            print(f"compare: run {i}/{n_runs}: {arm.label}, seed {seed}", flush=True)
-            rc = _run_cfg(icfg, arm, seed, out / "runs" / f"{arm.slug}-s{seed}")
-            _one_run(rc, progress)
-            r = results.setdefault(arm.label, {"method": arm.method, "overrides": arm.overrides, "seeds": [],
-                                               "runs": []})
-            r["seeds"].append(seed)
-            r["runs"].append(_collect(rc, arm, tm))
+    for arm, seed, rc in todo:
+        r = results.setdefault(arm.label, {"method": arm.method, "overrides": arm.overrides, "seeds": [], "runs": []})
+        r["seeds"].append(seed)
+        r["runs"].append(_collect(rc, arm, tm))
     meta = {"seeds": seeds, "base_accuracy": base_acc, "token_means": vars(tm), "wall_s": round(time.perf_counter() - t0),
             "load_avg_start": load0, "load_avg_end": _load_avg(), "cpus": os.cpu_count(),
             "preset": cfg.preset, "sweeps": [list(x) for x in sweeps or []]}
