@@ -11,8 +11,10 @@ busy machine (a benchmark, not a test).
 
     python benchmarks/bench_trainer.py [--methods rl_zero,bridge] [--reps 7] [--threads 1] [--lengths both]
 
-Ratios are against the first method. It builds a small project (data, tiny base model, demos) in a
-temporary directory first.
+Ratios are against the first method. With `--trl` (TRL installed: `pip install -e ".[bench]"`), TRL's
+GRPOTrainer on the same model, prompts, reward and batch is timed too, interleaved with ours: each of its
+steps is followed (from a TrainerCallback) by one iteration of each of our methods. It builds a small
+project (data, tiny base model, demos) in a temporary directory first.
 """
 
 from __future__ import annotations
@@ -68,6 +70,59 @@ def interleaved(trainers: dict, reps: int) -> dict:
     return out
 
 
+def with_trl(cfg, trainers: dict, reps: int, fixed: bool) -> dict:
+    """TRL's GRPOTrainer steps interleaved with one iteration of each of `trainers` after each step."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from bridgerl.io import read_jsonl
+    from bridgerl.model.loading import load_model, load_tokenizer
+    from bridgerl.prompts import render_prompt
+    from bridgerl.rewards import is_correct
+
+    t, g = cfg.train, cfg.train.grpo
+    tok = load_tokenizer(cfg.model.out_dir)
+    model = load_model(cfg.model.out_dir)
+    rows = read_jsonl(Path(cfg.data.out_dir) / "rl_train.jsonl")
+    ds = Dataset.from_list([{"prompt": render_prompt(r["problem"], tok, cfg.eval.prompt_template,
+                                                     cfg.eval.use_chat_template), "answer": r["answer"]} for r in rows])
+    out = {"trl_grpo": [], **{m: [] for m in trainers}}
+
+    def reward(completions, answer, **_):
+        return [1.0 if is_correct("synthetic", c, a) else 0.0 for c, a in zip(completions, answer)]
+
+    class Interleave(TrainerCallback):
+        def __init__(self):
+            self.t0 = self.c0 = None
+            self.lengths = []
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
+
+        def on_step_end(self, args, state, control, **kw):
+            wall, cpu = time.perf_counter() - self.t0, time.process_time() - self.c0
+            if state.global_step > 1:  # the first step warms up
+                out["trl_grpo"].append((wall, cpu, float("nan"), "rl"))
+                for m, tr in trainers.items():
+                    w0, c0 = time.perf_counter(), time.process_time()
+                    metrics = tr.train_step()
+                    out[m].append((time.perf_counter() - w0, time.process_time() - c0,
+                                   metrics.get("response_length", 0.0), metrics["phase"]))
+
+    gen_kwargs = {"min_new_tokens": g.max_new_tokens} if fixed else None
+    with tempfile.TemporaryDirectory() as d:
+        args = GRPOConfig(output_dir=d, per_device_train_batch_size=t.prompt_batch * g.group_size,
+                          num_generations=g.group_size, max_completion_length=g.max_new_tokens,
+                          learning_rate=t.lr_theta, beta=g.kl_coef, epsilon=g.clip_eps, temperature=g.temperature,
+                          max_steps=reps + 1, logging_steps=1000, save_strategy="no", report_to="none",
+                          use_cpu=True, seed=cfg.seed, loss_type="dapo", bf16=False, fp16=False,
+                          generation_kwargs=gen_kwargs)
+        GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=ds, processing_class=tok,
+                    callbacks=[Interleave()]).train()
+    return out
+
+
 def report(title: str, res: dict) -> None:
     names = list(res)
     base = names[0]
@@ -90,6 +145,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=7, help="iterations of each method (after one warm-up)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--lengths", choices=("fixed", "natural", "both"), default="both")
+    ap.add_argument("--trl", action="store_true", help="also TRL's GRPOTrainer, interleaved (needs trl)")
     ap.add_argument("-S", dest="overrides", action="append", default=[], help="configuration override key=value")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -107,7 +163,7 @@ def main() -> None:
               f"{os.cpu_count()} CPUs; load average before {os.getloadavg()}")
         for fixed in ((True, False) if a.lengths == "both" else (a.lengths == "fixed",)):
             trainers = {m: make(cfg, m, fixed) for m in methods}
-            res = interleaved(trainers, a.reps)
+            res = with_trl(cfg, trainers, a.reps, fixed) if a.trl else interleaved(trainers, a.reps)
             report(f"{'fixed' if fixed else 'natural'} response lengths "
                    f"({'EOS ignored until ' + str(g.max_new_tokens) + ' tokens' if fixed else 'as sampled'})", res)
         print(f"\nload average after {os.getloadavg()}")
