@@ -54,3 +54,40 @@ def test_compare_two_seeds_statistics_and_report(project):
     (out / "report.md").unlink()
     compare.rerender(cfg, out)
     assert verdicts in (out / "report.md").read_text()
+
+
+def test_a_stopped_comparison_leaves_no_worker_running(project):
+    """SIGTERM to `bridgerl compare --jobs 2` (a killed job, Ctrl-C) ends its training processes too."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import FAST, REPO, path_overrides
+
+    args = ["-P", str(REPO / "params.yaml")] + [a for o in FAST + path_overrides(project) + ["train.steps=400"]
+                                                for a in ("-S", o)]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    p = subprocess.Popen([sys.executable, "-m", "bridgerl", "compare", "--methods", "rl_zero", "--seeds", "0,1",
+                          "--jobs", "2", "--out", str(project / "cmp"), *args], cwd=project, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def children(pid):
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+        return [int(x) for x in out.split()]
+
+    try:
+        deadline = time.time() + 240
+        while len(workers := [c for c in children(p.pid) if (project / "cmp" / "runs").exists()]) < 2:
+            assert time.time() < deadline and p.poll() is None, "the workers never started"
+            time.sleep(0.5)
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=60)
+        deadline = time.time() + 30
+        while any(os.path.exists(f"/proc/{w}") and open(f"/proc/{w}/stat").read().split()[2] != "Z" for w in workers):
+            assert time.time() < deadline, "a worker outlived the comparison"
+            time.sleep(0.5)
+    finally:
+        if p.poll() is None:
+            p.kill()

@@ -38,6 +38,24 @@ def setting(cfg: Config, meta: dict) -> str:
             f"LoRA r = {t.lora.r}, shadow steps {t.bridge.shadow_steps}; seeds {', '.join(map(str, meta['seeds']))}")
 
 
+def preset_rationale(preset: str | None) -> str:
+    """The comment block that opens a preset file (why the setting is what it is), as one paragraph."""
+    if not preset:
+        return ""
+    from bridgerl.config import ConfigError, resolve_preset
+
+    try:
+        lines = resolve_preset(preset).read_text().splitlines()
+    except (ConfigError, OSError):
+        return ""
+    text = []
+    for line in lines:
+        if not line.startswith("#"):
+            break
+        text.append(line.lstrip("#").strip())
+    return " ".join(text[1:] if len(text) > 1 else text)
+
+
 def render(cfg: Config, results: dict, stats: dict, meta: dict) -> str:
     benches = list(cfg.eval.benchmarks)
     arms = stats["arms"]
@@ -51,6 +69,9 @@ def render(cfg: Config, results: dict, stats: dict, meta: dict) -> str:
          "is greedy pass@1 on the held-out test split, mean over seeds with its 95% t-interval in brackets. "
          f"The base model, asked directly: {', '.join(f'{b} {100 * a:.1f}%' for b, a in meta['base_accuracy'].items())}.",
          ""]
+    why = preset_rationale(meta.get("preset"))
+    if why:
+        L += [f"Why this setting (preset `{meta['preset']}`): {why}", ""]
     L += ["## Verdict", ""]
     comps = stats["comparisons"]
     if comps:

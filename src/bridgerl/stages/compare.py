@@ -186,6 +186,13 @@ def _collect(rc: Config, arm: Arm, tm) -> dict:
             "totals": {k: cum[-1][k] for k in costs.AXES} if cum else {}, "run": run}
 
 
+def _worker_init() -> None:
+    """A worker stops when the comparison that started it dies (killed, interrupted): no orphan runs."""
+    from bridgerl import parent_watch
+
+    parent_watch.install("compare (worker)")
+
+
 def _run_all(todo: list, jobs: int, progress: bool) -> None:
     """Every (arm, seed) run, one after the other or in `jobs` processes (runs are independent)."""
     n = len(todo)
@@ -195,14 +202,18 @@ def _run_all(todo: list, jobs: int, progress: bool) -> None:
             _one_run(rc, progress)
         return
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
-        futures = {ex.submit(_one_run, rc, False): (arm, seed) for arm, seed, rc in todo}
-        for i, f in enumerate(as_completed(futures), 1):
-            f.result()  # a failed run fails the comparison
-            arm, seed = futures[f]
+    # a Pool, not a ProcessPoolExecutor: leaving the block on an error or a signal terminates the workers
+    with mp.get_context("spawn").Pool(jobs, initializer=_worker_init) as pool:
+        tasks = [(arm, seed, rc, False) for arm, seed, rc in todo]
+        for i, (arm, seed) in enumerate(pool.imap_unordered(_one_task, tasks), 1):
             print(f"compare: {i}/{n} runs done (last: {arm.label}, seed {seed})", flush=True)
+
+
+def _one_task(task: tuple) -> tuple:
+    arm, seed, rc, progress = task
+    _one_run(rc, progress)
+    return arm, seed
 
 
 def run(cfg: Config, methods: list[str] | None = None, seeds: list[int] | None = None,
