@@ -91,3 +91,14 @@ def test_a_stopped_comparison_leaves_no_worker_running(project):
     finally:
         if p.poll() is None:
             p.kill()
+
+
+def test_inputs_are_rebuilt_only_for_what_they_are_built_from(tmp_path):
+    from bridgerl.stages import compare
+
+    cfg = make_cfg(tmp_path)
+    key = compare.inputs_key(cfg)
+    assert compare.inputs_key(compare.inputs_cfg(cfg, tmp_path / "elsewhere")) == key  # paths do not count
+    assert compare.inputs_key(make_cfg(tmp_path, "train.steps=7", "train.lr_theta=0.5")) == key  # training does not
+    for changed in ("data.synthetic.max_ops=3", "model.tiny.pretrain_steps=7", "demos.max_problems=5", "seed=3"):
+        assert compare.inputs_key(make_cfg(tmp_path, changed)) != key, changed

@@ -118,15 +118,32 @@ def inputs_cfg(cfg: Config, out: Path) -> Config:
     return c
 
 
-def _ensure_inputs(cfg: Config) -> None:
+def inputs_key(cfg: Config) -> str:
+    """What the inputs are built from: the seed and the data, model and demos sections (paths aside)."""
+    import hashlib
+
+    d = cfg.model_dump(mode="json")
+    for section in ("data", "model", "demos"):
+        d[section].pop("out_dir", None)
+    d["demos"].pop("journal_dir", None)
+    blob = json.dumps({k: d[k] for k in ("seed", "data", "model", "demos")}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _ensure_inputs(cfg: Config, root: Path) -> None:
+    """Build the inputs under `root`, again when they were built from another configuration."""
     from bridgerl.stages import build_demos, init_model, prepare
 
+    key_file, key = root / "inputs.json", inputs_key(cfg)
+    if key_file.exists() and read_json(key_file).get("inputs_key") != key:
+        shutil.rmtree(root)
     if not (Path(cfg.data.out_dir) / "rl_train.jsonl").exists():
         prepare.run(cfg)
     if not (Path(cfg.model.out_dir) / "config.json").exists():
         init_model.run(cfg)
     if not (Path(cfg.demos.out_dir) / "demos.jsonl").exists():
         build_demos.run(cfg)
+    write_json(key_file, {"inputs_key": key})
 
 
 def _run_cfg(cfg: Config, arm: Arm, seed: int, run_dir: Path) -> Config:
@@ -231,7 +248,7 @@ def run(cfg: Config, methods: list[str] | None = None, seeds: list[int] | None =
     arms = make_arms(cfg, methods, sweeps or [])
     t0, load0 = time.perf_counter(), _load_avg()
     icfg = inputs_cfg(cfg, out)
-    _ensure_inputs(icfg)
+    _ensure_inputs(icfg, out / "inputs")
     base_file = out / "inputs" / "base_eval.json"
     if not base_file.exists():  # what the base model solves when asked directly
         b = icfg.model_copy(deep=True)
