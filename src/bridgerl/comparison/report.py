@@ -30,7 +30,8 @@ def _qty(x: float | None) -> str:
 
 def setting(cfg: Config, meta: dict) -> str:
     t, g, s = cfg.train, cfg.train.grpo, cfg.data.synthetic
-    task = (f"embedded task: {s.min_ops}–{s.max_ops} operations, start ≤ {s.max_start}, operands ≤ {s.max_operand}; "
+    ops = f"{s.min_ops}" if s.min_ops == s.max_ops else f"{s.min_ops}–{s.max_ops}"
+    task = (f"embedded task: {ops} operations per problem, start ≤ {s.max_start}, operands ≤ {s.max_operand}; "
             if any(x.kind == "embedded" for x in cfg.data.rl_sources) else "")
     return (f"{task}{cfg.demos.max_problems or 'all'} demonstrations; {t.steps} iterations per method "
             f"(cold-start: {t.cold_start_sft_steps} SFT + {t.steps} RL), prompt batch {t.prompt_batch} × "
@@ -121,12 +122,15 @@ def render(cfg: Config, results: dict, stats: dict, meta: dict) -> str:
         L += ["", "![cooperative gain](coop_gain.png)"]
     else:
         L += ["No arm with a shadow θ̂ ran, so the gain is not defined here."]
+    runs = [run["run"] for r in results.values() for run in r["runs"] if run.get("run")]
     L += ["", "## Curves", "", "![held-out accuracy vs iteration](heldout_vs_step.png)", "",
           "![held-out accuracy vs cost](heldout_vs_cost.png)", "",
           "## Machine", "",
           f"{meta.get('cpus')} CPUs; load average (1, 5, 15 min) {meta.get('load_avg_start')} at the start, "
-          f"{meta.get('load_avg_end')} at the end; the comparison took {meta.get('wall_s', 0) / 60:.1f} min. "
-          "Per-run wall/CPU time and load: runs/*/run.json.", ""]
+          f"{meta.get('load_avg_end')} at the end of the last invocation, which took "
+          f"{meta.get('wall_s', 0) / 60:.1f} min (runs finished earlier are reused). The {len(runs)} runs took "
+          f"{sum(x['wall_s'] for x in runs) / 60:.1f} min of wall time and {sum(x['cpu_s'] for x in runs) / 60:.1f} "
+          "min of CPU time in all (training and evaluation; per run, with the load: runs/*/run.json).", ""]
     return "\n".join(L)
 
 

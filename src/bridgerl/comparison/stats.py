@@ -96,8 +96,9 @@ def verdict(c: Paired, unit: str = "points", scale: float = 100.0, alpha: float 
     p = c.p_holm if not math.isnan(c.p_holm) else c.p_t
     if d.n < 2 or math.isnan(p):
         return f"{c.a} vs {c.b}: too few seeds to tell ({d.n})"
+    holm_s = f", Holm {c.p_holm:.3f}" if not math.isnan(c.p_holm) else ""
     span = f"{scale * d.mean:+.1f} {unit} (95% CI {scale * d.lo:+.1f} to {scale * d.hi:+.1f}; " \
-           f"{c.wins}/{d.n} seeds better, {c.losses} worse; paired t p = {c.p_t:.3f}, Holm {p:.3f}; " \
+           f"{c.wins}/{d.n} seeds better, {c.losses} worse; paired t p = {c.p_t:.3f}{holm_s}; " \
            f"Wilcoxon p = {c.p_wilcoxon:.3f})"
     if p < alpha and d.mean > 0:
         return f"{c.a} beats {c.b} by {span}."
