@@ -8,10 +8,17 @@ from pathlib import Path
 from bridgerl.comparison.costs import AXES
 from bridgerl.train.methods import METHODS
 
+# sweep arms: colors none of the methods uses (methods: bridgerl.train.methods), dashed
+SWEEP_COLORS = ["#17becf", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d"]
 
-def _style(label: str, r: dict) -> dict:
+
+def _style(label: str, r: dict, sweep_index: dict | None = None) -> dict:
     spec = METHODS.get(r["method"])
-    s = {"label": label, "color": spec.color if spec and not r["overrides"] else None,
+    color = spec.color if spec else None
+    if r["overrides"]:
+        i = (sweep_index or {}).get(label, 0)
+        color = SWEEP_COLORS[i % len(SWEEP_COLORS)]
+    s = {"label": label, "color": color,
          "lw": 2.2 if r["method"] == "bridge" and not r["overrides"] else 1.3}
     if r["overrides"]:
         s["ls"] = "--"
@@ -33,13 +40,14 @@ def write_all(results: dict, stats: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     n_seeds = max(len(r["seeds"]) for r in results.values())
+    sweep_index = {label: i for i, label in enumerate(k for k, r in results.items() if r["overrides"])}
     arms = stats["arms"]
     # held-out accuracy vs iteration
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for label, r in results.items():
         c = arms[label]["curve"]
         if c["step"]:
-            _band(ax, c["step"], c["heldout"], _style(label, r))
+            _band(ax, c["step"], c["heldout"], _style(label, r, sweep_index))
     ax.set_xlabel("iteration")
     ax.set_ylabel("held-out accuracy (%)")
     ax.grid(alpha=0.3)
@@ -54,7 +62,7 @@ def write_all(results: dict, stats: dict, out: Path) -> None:
         for label, r in results.items():
             c = arms[label]["curve"]
             if c["step"]:
-                _band(ax, c[key], c["heldout"], _style(label, r))
+                _band(ax, c[key], c["heldout"], _style(label, r, sweep_index))
         ax.set_xlabel(xlabel)
         ax.set_ylabel("held-out accuracy (%)")
         ax.grid(alpha=0.3)
@@ -68,7 +76,7 @@ def write_all(results: dict, stats: dict, out: Path) -> None:
     if gains:
         fig, ax = plt.subplots(figsize=(7.5, 4.2))
         for label, g in gains.items():
-            style = _style(label, results[label])
+            style = _style(label, results[label], sweep_index)
             line, = ax.plot(g["step"], [b["mean"] for b in g["band"]], **style)
             lo = [b["lo"] if b["lo"] is not None else b["mean"] for b in g["band"]]
             hi = [b["hi"] if b["hi"] is not None else b["mean"] for b in g["band"]]
