@@ -103,7 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--methods", default=None,
                    help=f"comma-separated subset of the methods (default: all of {', '.join(METHOD_NAMES)})")
-    p.add_argument("--seeds", default=None, help="comma-separated seeds")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1,2,3,4)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once, each in its own process with its share of the cores (default 1)")
+    p.add_argument("--sweep", action="append", default=None, metavar="[METHOD:]KEY=V1,V2,...",
+                   help="ablation: one arm per value of a configuration key for METHOD (default bridge), compared "
+                        "with the method's own arm, e.g. train.bridge.lam=0,0.25,0.5,0.75,1 (repeatable)")
     p.add_argument("--out", default=None,
                    help="report directory (default: a new runs/compare-<time>; the committed report is docs/results)")
     p.add_argument("--report-only", action="store_true",
@@ -229,6 +234,12 @@ def _check_args(args, cfg) -> None:
             if bad:
                 raise ConfigError(f"--methods: unknown method(s) {', '.join(map(repr, bad))} "
                                   f"(known: {', '.join(METHODS)})")
+        from bridgerl.stages.compare import make_arms, parse_sweeps
+
+        if args.jobs < 1:
+            raise ConfigError(f"--jobs {args.jobs}: expected 1 or more processes")
+        args.sweeps = parse_sweeps(args.sweep)
+        make_arms(cfg, args.methods or [], args.sweeps)  # unknown keys and invalid values fail here
         if args.report_only and not (Path(args.out) / "results.json").is_file():
             raise DataError(f"{Path(args.out) / 'results.json'}: not found; --report-only re-renders an earlier "
                             f"`bridgerl compare --out {args.out}`, run that first")
@@ -387,7 +398,8 @@ def _dispatch(args, cfg) -> int:
         if args.report_only:
             compare.rerender(cfg, args.out)
         else:
-            compare.run(cfg, methods=args.methods or None, seeds=args.seeds or None, out=args.out)
+            compare.run(cfg, methods=args.methods or None, seeds=args.seeds or None, out=args.out,
+                        sweeps=args.sweeps, jobs=args.jobs)
         _emit(f"report: {args.out}/report.md")
     else:
         raise NotImplementedError(c)

@@ -1,44 +1,155 @@
-"""`bridgerl compare`: every method on the same data, base model, demos, budget and seeds; a report.
+"""`bridgerl compare`: every method on the same data, base model, demos, budget and seeds; a report
+with intervals, paired tests, cost axes and ablations.
 
-Runs prepare / init-model / build-demos first when their outputs are missing, then for each seed and
-method trains (train.* from the configuration, only `train.method` and `seed` change), evaluates on
-eval.benchmarks, and writes to --out:
-  report.md            accuracy per method (mean ± std over seeds), wall time, peak memory, and the
-                       wall time each method needs to reach cold-start's final held-out accuracy
-  heldout_vs_step.png, heldout_vs_time.png   held-out accuracy curves, one line per method
-  results.json         every number behind the report
-  runs/<method>-s<seed>/   each run's metrics and curve (models are not kept)
+The inputs (prepare / init-model / build-demos of the configuration) are built once into OUT/inputs/
+and shared by every run, so seed s of every method starts from the same data, base model and
+demonstrations and differs only in the method (paired by seed). An *arm* is a method, or a method with
+overrides from a sweep (`--sweep train.bridge.lam=0,0.5,1`: one arm per value, each compared with the
+method's own arm). For each seed and arm it trains (only `train.method`, `seed` and the arm's overrides
+change), evaluates on eval.benchmarks and keeps the run's metrics in OUT/runs/<arm>-s<seed>/ (a finished
+run is not redone when the command is run again). Then it writes (bridgerl.comparison):
+  report.md       verdicts, accuracy with 95% intervals, paired differences, cost to reach cold-start's
+                  accuracy on every cost axis, the cooperative gain
+  results.json    every number behind the report (`--report-only` re-renders from it)
+  heldout_vs_step.png, heldout_vs_cost.png, coop_gain.png
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
+import os
+import re
 import shutil
-import statistics
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from bridgerl.config import Config
-from bridgerl.io import atomic_file, write_json
+from bridgerl.config import Config, ConfigError, apply_override, parse_override
+from bridgerl.io import read_json, write_json
 from bridgerl.train.methods import METHOD_NAMES, METHODS
 
+DEFAULT_SEEDS = [0, 1, 2, 3, 4]
+# the questions the report answers: BRIDGE against each of these, paired by seed
+KEY_COMPARISONS = [("bridge", "cold_start"), ("bridge", "bridge_frozen_w"), ("bridge", "mixed")]
 
-def _ensure_inputs(cfg: Config) -> None:
+
+@dataclass(frozen=True)
+class Arm:
+    method: str
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted key -> value (from --sweep)
+
+    @property
+    def label(self) -> str:
+        if not self.overrides:
+            return self.method
+        return self.method + " " + ",".join(f"{k.removeprefix('train.')}={v}" for k, v in self.overrides.items())
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9._=-]+", "_", self.label)
+
+
+def parse_sweeps(items: list[str] | None) -> list[tuple[str, str, list[Any]]]:
+    """`[METHOD:]KEY=V1,V2,...` items → [(method, key, values)] (method default bridge; values parsed as
+    YAML, like -S overrides)."""
+    out = []
+    for item in items or []:
+        if "=" not in item or not item.split("=", 1)[1].strip():
+            raise ConfigError(f"--sweep {item!r}: expected [METHOD:]KEY=V1,V2,..., e.g. train.bridge.lam=0,0.25,0.5")
+        key, vals = item.split("=", 1)
+        method, _, key = key.strip().rpartition(":")
+        method = method or "bridge"
+        if method not in METHODS:
+            raise ConfigError(f"--sweep {item!r}: unknown method {method!r} (known: {', '.join(METHOD_NAMES)})")
+        out.append((method, key, [parse_override(f"{key}={v}")[1] for v in vals.split(",")]))
+    return out
+
+
+def with_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """The configuration with dotted-key overrides applied and validated (a clear error names the key)."""
+    if not overrides:
+        return cfg.model_copy(deep=True)
+    raw = cfg.model_dump(mode="json")
+    for key, value in overrides.items():
+        apply_override(raw, key.split("."), value)
+    try:
+        return Config.model_validate(raw)
+    except Exception as e:  # pydantic's ValidationError: name the sweep
+        first = str(e).splitlines()[1:3]
+        raise ConfigError(f"--sweep {', '.join(f'{k}={v}' for k, v in overrides.items())}: invalid "
+                          f"({' '.join(s.strip() for s in first)})") from None
+
+
+def make_arms(cfg: Config, methods: list[str], sweeps: list[tuple[str, str, list[Any]]]) -> list[Arm]:
+    """Each method, then for every sweep one arm per value that differs from the configuration's (the
+    swept method's own arm is added when --methods lacks it: it is what the sweep is compared with)."""
+    arms = [Arm(m) for m in methods]
+    for method, key, values in sweeps:
+        current = _get(cfg.model_dump(mode="json"), key)
+        if Arm(method) not in arms:
+            arms.append(Arm(method))
+        for v in values:
+            arm = Arm(method, {key: v})
+            with_overrides(cfg, arm.overrides)  # fail before any training
+            if v != current and arm not in arms:
+                arms.append(arm)
+    return arms
+
+
+def _get(d: dict, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(d, dict) or part not in d:
+            raise ConfigError(f"--sweep {key}: no such configuration key")
+        d = d[part]
+    return d
+
+
+# ------------------------------------------------------------------------------------------------
+# inputs and runs
+# ------------------------------------------------------------------------------------------------
+def inputs_cfg(cfg: Config, out: Path) -> Config:
+    """The configuration with its data, base model and demonstrations under OUT/inputs/."""
+    c = cfg.model_copy(deep=True)
+    root = out / "inputs"
+    c.data.out_dir, c.model.out_dir, c.demos.out_dir = str(root / "data"), str(root / "model"), str(root / "demos")
+    c.demos.journal_dir = None
+    return c
+
+
+def inputs_key(cfg: Config) -> str:
+    """What the inputs are built from: the seed and the data, model and demos sections (paths aside)."""
+    import hashlib
+
+    d = cfg.model_dump(mode="json")
+    for section in ("data", "model", "demos"):
+        d[section].pop("out_dir", None)
+    d["demos"].pop("journal_dir", None)
+    blob = json.dumps({k: d[k] for k in ("seed", "data", "model", "demos")}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _ensure_inputs(cfg: Config, root: Path) -> None:
+    """Build the inputs under `root`, again when they were built from another configuration."""
     from bridgerl.stages import build_demos, init_model, prepare
 
+    key_file, key = root / "inputs.json", inputs_key(cfg)
+    if key_file.exists() and read_json(key_file).get("inputs_key") != key:
+        shutil.rmtree(root)
     if not (Path(cfg.data.out_dir) / "rl_train.jsonl").exists():
         prepare.run(cfg)
     if not (Path(cfg.model.out_dir) / "config.json").exists():
         init_model.run(cfg)
     if not (Path(cfg.demos.out_dir) / "demos.jsonl").exists():
         build_demos.run(cfg)
+    write_json(key_file, {"inputs_key": key})
 
 
-def _run_cfg(cfg: Config, method: str, seed: int, run_dir: Path) -> Config:
-    c = cfg.model_copy(deep=True)
+def _run_cfg(cfg: Config, arm: Arm, seed: int, run_dir: Path) -> Config:
+    c = with_overrides(cfg, arm.overrides)
     c.seed = seed
-    c.train.method = method
+    c.train.method = arm.method
     c.train.out_dir = str(run_dir / "model")
     c.train.checkpoint_dir = str(run_dir / "checkpoints")
     c.train.metrics_file = str(run_dir / "train.json")
@@ -48,135 +159,140 @@ def _run_cfg(cfg: Config, method: str, seed: int, run_dir: Path) -> Config:
     return c
 
 
-def _curve(path: Path) -> list[tuple[int, float, float]]:
-    rows = list(csv.DictReader(open(path)))
-    return [(int(r["step"]), float(r["wall_time_s"]), float(r["heldout_accuracy"]))
-            for r in rows if r.get("heldout_accuracy") not in ("", None)]
+def _load_avg() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
 
 
-def _mean_std(xs: list[float]) -> tuple[float, float]:
-    return (statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0)
+def _one_run(rc: Config, progress: bool) -> None:
+    """Train and evaluate one (arm, seed), unless OUT/runs/... already holds it for this configuration."""
+    from bridgerl.stages import evaluate, train
+
+    run_dir = Path(rc.train.metrics_file).parent
+    done = run_dir / "run.json"
+    key = rc.model_copy(update={"threads": None}).digest()  # threads never change a result
+    if done.exists() and read_json(done).get("config_digest") == key:
+        return
+    t0, cpu0, load0 = time.perf_counter(), time.process_time(), _load_avg()
+    train.run(rc, progress=progress)
+    evaluate.run(rc, progress=progress)
+    shutil.rmtree(rc.train.out_dir, ignore_errors=True)
+    shutil.rmtree(rc.train.checkpoint_dir, ignore_errors=True)
+    shutil.rmtree(rc.eval.out_dir, ignore_errors=True)
+    write_json(done, {"config_digest": key, "threads": rc.threads, "wall_s": round(time.perf_counter() - t0, 1),
+                      "cpu_s": round(time.process_time() - cpu0, 1), "load_avg_start": load0,
+                      "load_avg_end": _load_avg()})
 
 
-def _time_to_reach(curve: list[tuple[int, float, float]], target: float) -> float | None:
-    for _, t, acc in curve:
-        if acc >= target - 1e-9:
-            return t
-    return None
+def _collect(rc: Config, arm: Arm, tm) -> dict:
+    """One run's numbers for results.json (curves carry every cost axis at each held-out point)."""
+    from bridgerl.comparison import costs
+
+    run_dir = Path(rc.train.metrics_file).parent
+    final, ev, run = read_json(run_dir / "train.json"), read_json(run_dir / "eval.json"), read_json(run_dir / "run.json")
+    rows = list(csv.DictReader(open(rc.train.plots_file)))
+    cum = costs.cumulative(rc, arm.method, rows, tm)
+    curve = [{**c, "heldout_accuracy": float(r["heldout_accuracy"])}
+             for r, c in zip(rows, cum) if r.get("heldout_accuracy") not in ("", None)]
+    coop = [[int(r["step"]), float(r["coop_gain"])] for r in rows if r.get("coop_gain") not in ("", None)]
+    return {"accuracy": {b: m["accuracy"] for b, m in ev["benchmarks"].items()},
+            "wall_time_s": final["wall_time_s"], "peak_memory_mb": final["peak_memory_mb"],
+            "state_memory_mb": final["state_memory_mb"], "curve": curve, "coop_gain": coop,
+            "totals": {k: cum[-1][k] for k in costs.AXES} if cum else {}, "run": run}
 
 
-def _plot(results: dict, out: Path) -> None:
-    import matplotlib
+def _worker_init() -> None:
+    """A worker stops when the comparison that started it dies (killed, interrupted): no orphan runs."""
+    from bridgerl import parent_watch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    for xkey, fname, xlabel in ((0, "heldout_vs_step.png", "iteration"), (1, "heldout_vs_time.png", "training wall time (s)")):
-        fig, ax = plt.subplots(figsize=(7, 4.2))
-        for method, r in results.items():
-            curves = [c for c in r["curves"] if c]
-            n = min(len(c) for c in curves)
-            xs = [statistics.fmean(c[i][xkey] for c in curves) for i in range(n)]
-            ys = [100 * statistics.fmean(c[i][2] for c in curves) for i in range(n)]
-            ax.plot(xs, ys, marker="o", ms=3, label=method, color=METHODS[method].color if method in METHODS else None,
-                    lw=2 if method == "bridge" else 1.3)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("held-out accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, ncol=2)
-        ax.set_title(f"held-out accuracy, mean over {len(next(iter(results.values()))['curves'])} seeds")
-        fig.tight_layout()
-        fig.savefig(out / fname, dpi=110)
-        plt.close(fig)
+    parent_watch.install("compare (worker)")
 
 
-def _report_md(cfg: Config, results: dict, seeds: list[int], benchmarks: list[str]) -> str:
-    t = cfg.train
-    lines = [
-        "# Method comparison on the embedded default",
-        "",
-        f"Same data, base model, demonstrations and budget for every method: {t.steps} iterations "
-        f"(cold-start: {t.cold_start_sft_steps} SFT + {t.steps} RL), prompt batch {t.prompt_batch} × "
-        f"{t.grpo.group_size} rollouts, demo batch {t.demo_batch}; seeds {', '.join(map(str, seeds))}. "
-        "Accuracy: greedy pass@1 on the held-out test split, mean ± std over seeds. Training-state "
-        "memory: weights (policy, shadow, reference), gradients and optimizer state (peak GPU memory and "
-        "process RSS per step are in each run's train.json).",
-        "",
-        "| method | " + " | ".join(f"{b} (%)" for b in benchmarks) + " | train wall time (s) | training-state memory (MB) | "
-        "time to reach cold-start's final held-out acc. (s) |",
-        "|---|" + "---|" * len(benchmarks) + "---|---|---|",
-    ]
-    for method, r in results.items():
-        cells = []
-        for b in benchmarks:
-            m, s = _mean_std([x[b] for x in r["accuracy"]])
-            cells.append(f"{100 * m:.1f} ± {100 * s:.1f}")
-        wt, _ = _mean_std(r["wall_time_s"])
-        pm, _ = _mean_std(r.get("state_memory_mb") or r["peak_memory_mb"])
-        reach, n = r.get("time_to_cold_start_final"), r.get("reached_cold_start_final", 0)
-        if reach is None:
-            reach_s = "—"
-        else:
-            reach_s = "not reached" if math.isnan(reach) else f"{reach:.0f}"
-            reach_s += f" ({n}/{len(seeds)} seeds)" if n < len(seeds) else ""
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {wt:.0f} | {pm:.0f} | {reach_s} |")
-    lines += ["", "![held-out accuracy vs iteration](heldout_vs_step.png)", "",
-              "![held-out accuracy vs wall time](heldout_vs_time.png)", ""]
-    return "\n".join(lines)
+def _run_all(todo: list, jobs: int, progress: bool) -> None:
+    """Every (arm, seed) run, one after the other or in `jobs` processes (runs are independent)."""
+    n = len(todo)
+    if jobs <= 1:
+        for i, (arm, seed, rc) in enumerate(todo, 1):
+            print(f"compare: run {i}/{n}: {arm.label}, seed {seed}", flush=True)
+            _one_run(rc, progress)
+        return
+    import multiprocessing as mp
+
+    # a Pool, not a ProcessPoolExecutor: leaving the block on an error or a signal terminates the workers
+    with mp.get_context("spawn").Pool(jobs, initializer=_worker_init) as pool:
+        tasks = [(arm, seed, rc, False) for arm, seed, rc in todo]
+        for i, (arm, seed) in enumerate(pool.imap_unordered(_one_task, tasks), 1):
+            print(f"compare: {i}/{n} runs done (last: {arm.label}, seed {seed})", flush=True)
 
 
-def rerender(cfg: Config, out: str | Path) -> dict:
-    """Rewrite the report from an earlier run's results.json (no training)."""
-    saved = json.loads((Path(out) / "results.json").read_text())
-    return finish(cfg, saved["methods"], saved["seeds"], Path(out))
+def _one_task(task: tuple) -> tuple:
+    arm, seed, rc, progress = task
+    _one_run(rc, progress)
+    return arm, seed
 
 
 def run(cfg: Config, methods: list[str] | None = None, seeds: list[int] | None = None,
-        out: str | Path = "docs/results", progress: bool = True) -> dict:
-    from bridgerl.stages import evaluate, train
+        out: str | Path = "docs/results", progress: bool = True,
+        sweeps: list[tuple[str, str, list[Any]]] | None = None, jobs: int = 1) -> dict:
+    from bridgerl.comparison import costs
+    from bridgerl.stages import evaluate
 
     methods = methods or list(METHOD_NAMES)  # every method of the table (bridgerl.train.methods)
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ValueError(f"--methods: unknown method(s) {bad} (known: {', '.join(METHOD_NAMES)})")
-    seeds = seeds if seeds is not None else [cfg.seed]
+    seeds = list(seeds) if seeds else list(DEFAULT_SEEDS)
     out = Path(out)
-    _ensure_inputs(cfg)
+    arms = make_arms(cfg, methods, sweeps or [])
+    t0, load0 = time.perf_counter(), _load_avg()
+    icfg = inputs_cfg(cfg, out)
+    _ensure_inputs(icfg, out / "inputs")
+    base_file = out / "inputs" / "base_eval.json"
+    if not base_file.exists():  # what the base model solves when asked directly
+        b = icfg.model_copy(deep=True)
+        b.eval.out_dir, b.eval.metrics_file = str(out / "inputs" / "base_eval"), str(base_file)
+        evaluate.run(b, model_dir=b.model.out_dir, progress=progress)
+    base_acc = {k: v["accuracy"] for k, v in read_json(base_file)["benchmarks"].items()}
+    tm = costs.token_means(icfg)
+    todo = [(arm, seed, _run_cfg(icfg, arm, seed, out / "runs" / f"{arm.slug}-s{seed}"))
+            for seed in seeds for arm in arms]  # seed-major: an interrupted comparison has whole seeds
+    if jobs > 1 and icfg.threads is None:  # one process per share of the cores
+        from bridgerl.threads import available_cores
+
+        for _, _, rc in todo:
+            rc.threads = max(1, available_cores() // jobs)
+    _run_all(todo, jobs, progress)
     results: dict = {}
-    for method in methods:
-        r = results[method] = {"accuracy": [], "wall_time_s": [], "peak_memory_mb": [], "state_memory_mb": [],
-                               "curves": [], "seeds": seeds}
-        for seed in seeds:
-            run_dir = out / "runs" / f"{method}-s{seed}"
-            rc = _run_cfg(cfg, method, seed, run_dir)
-            final = train.run(rc, progress=progress)
-            ev = evaluate.run(rc, progress=progress)
-            shutil.rmtree(rc.train.out_dir, ignore_errors=True)
-            shutil.rmtree(rc.train.checkpoint_dir, ignore_errors=True)
-            r["accuracy"].append({b: m["accuracy"] for b, m in ev["benchmarks"].items()})
-            r["wall_time_s"].append(final["wall_time_s"])
-            r["peak_memory_mb"].append(final["peak_memory_mb"])
-            r["state_memory_mb"].append(final["state_memory_mb"])
-            r["curves"].append(_curve(Path(rc.train.plots_file)))
-    return finish(cfg, results, seeds, out)
+    for arm, seed, rc in todo:
+        r = results.setdefault(arm.label, {"method": arm.method, "overrides": arm.overrides, "seeds": [], "runs": []})
+        r["seeds"].append(seed)
+        r["runs"].append(_collect(rc, arm, tm))
+    meta = {"seeds": seeds, "base_accuracy": base_acc, "token_means": vars(tm), "wall_s": round(time.perf_counter() - t0),
+            "load_avg_start": load0, "load_avg_end": _load_avg(), "cpus": os.cpu_count(),
+            "preset": cfg.preset, "sweeps": [list(x) for x in sweeps or []]}
+    return finish(cfg, results, meta, out)
 
 
-def finish(cfg: Config, results: dict, seeds: list[int], out: Path) -> dict:
-    """Time-to-target per method, plots, report.md and results.json from the per-run results."""
-    results = dict(sorted(results.items(), key=lambda kv: METHOD_NAMES.index(kv[0])))
-    if "cold_start" in results:
-        # per seed: the wall time a method needs to first reach that seed's cold-start final accuracy
-        targets = [c[-1][2] if c else None for c in results["cold_start"]["curves"]]
-        for r in results.values():
-            times = [_time_to_reach(c, t) if t is not None else None for c, t in zip(r["curves"], targets)]
-            r["time_to_cold_start_final_per_seed"] = times
-            reached = [t for t in times if t is not None]
-            r["time_to_cold_start_final"] = statistics.fmean(reached) if reached else float("nan")
-            r["reached_cold_start_final"] = len(reached)
-    benchmarks = list(cfg.eval.benchmarks)
+def rerender(cfg: Config, out: str | Path) -> dict:
+    """Rewrite the report from an earlier run's results.json (no training)."""
+    saved = json.loads((Path(out) / "results.json").read_text())
+    return finish(cfg, saved["arms"], saved["meta"], Path(out))
+
+
+def finish(cfg: Config, results: dict, meta: dict, out: Path) -> dict:
+    """Statistics, plots, report.md and results.json from the per-run results."""
+    from bridgerl.comparison import plots, report, summary
+
+    order = {m: i for i, m in enumerate(METHOD_NAMES)}
+    results = dict(sorted(results.items(), key=lambda kv: (order.get(kv[1]["method"], 99), bool(kv[1]["overrides"]),
+                                                            kv[0])))
+    stats = summary.summarize(results, list(cfg.eval.benchmarks))
     out.mkdir(parents=True, exist_ok=True)
-    _plot(results, out)
-    with atomic_file(out / "report.md") as f:
-        f.write(_report_md(cfg, results, seeds, benchmarks))
-    write_json(out / "results.json", {"config_digest": cfg.digest(), "seeds": seeds, "methods": results})
-    return results
+    plots.write_all(results, stats, out)
+    report.write(cfg, results, stats, meta, out)
+    write_json(out / "results.json", {"config_digest": cfg.digest(), "meta": meta, "arms": results,
+                                      "statistics": stats})
+    return {"arms": results, "statistics": stats}
+

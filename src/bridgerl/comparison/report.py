@@ -1,0 +1,139 @@
+"""report.md of `bridgerl compare`: the verdicts first, then accuracy with 95% intervals, the paired
+differences, the cost to reach cold-start's accuracy on each cost axis, the cooperative gain and the
+figures. Everything it prints is in results.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bridgerl.comparison.costs import AXES
+from bridgerl.config import Config
+from bridgerl.io import atomic_file
+
+
+def _pct(iv: dict | None) -> str:
+    if not iv or iv.get("mean") is None:
+        return "—"
+    if iv.get("lo") is None:
+        return f"{100 * iv['mean']:.1f}"
+    return f"{100 * iv['mean']:.1f} [{100 * iv['lo']:.1f}, {100 * iv['hi']:.1f}]"
+
+
+def _qty(x: float | None) -> str:
+    if x is None:
+        return "—"
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{suffix}"
+    return f"{x:.3g}"
+
+
+def setting(cfg: Config, meta: dict) -> str:
+    t, g, s = cfg.train, cfg.train.grpo, cfg.data.synthetic
+    ops = f"{s.min_ops}" if s.min_ops == s.max_ops else f"{s.min_ops}–{s.max_ops}"
+    task = (f"embedded task: {ops} operations per problem, start ≤ {s.max_start}, operands ≤ {s.max_operand}; "
+            if any(x.kind == "embedded" for x in cfg.data.rl_sources) else "")
+    return (f"{task}{cfg.demos.max_problems or 'all'} demonstrations; {t.steps} iterations per method "
+            f"(cold-start: {t.cold_start_sft_steps} SFT + {t.steps} RL), prompt batch {t.prompt_batch} × "
+            f"{g.group_size} rollouts (≤ {g.max_new_tokens} new tokens), demo batch {t.demo_batch}, λ = {t.bridge.lam}, "
+            f"LoRA r = {t.lora.r}, shadow steps {t.bridge.shadow_steps}; seeds {', '.join(map(str, meta['seeds']))}")
+
+
+def preset_rationale(preset: str | None) -> str:
+    """The comment block that opens a preset file (why the setting is what it is), as one paragraph."""
+    if not preset:
+        return ""
+    from bridgerl.config import ConfigError, resolve_preset
+
+    try:
+        lines = resolve_preset(preset).read_text().splitlines()
+    except (ConfigError, OSError):
+        return ""
+    text = []
+    for line in lines:
+        if not line.startswith("#"):
+            break
+        text.append(line.lstrip("#").strip())
+    return " ".join(text[1:] if len(text) > 1 else text)
+
+
+def render(cfg: Config, results: dict, stats: dict, meta: dict) -> str:
+    benches = list(cfg.eval.benchmarks)
+    arms = stats["arms"]
+    n = len(meta["seeds"])
+    preset = f" --preset {meta['preset']}" if meta.get("preset") else ""
+    L = ["# Method comparison", "",
+         f"Command: `bridgerl compare{preset} --seeds {','.join(map(str, meta['seeds']))}`"
+         + "".join(f" `--sweep {m}:{k}={','.join(map(str, v))}`" for m, k, v in meta.get("sweeps", [])) + ".",
+         f"Setting: {setting(cfg, meta)}.",
+         "Every seed shares the data, base model and demonstrations across methods (paired by seed); accuracy "
+         "is greedy pass@1 on the held-out test split, mean over seeds with its 95% t-interval in brackets. "
+         f"The base model, asked directly: {', '.join(f'{b} {100 * a:.1f}%' for b, a in meta['base_accuracy'].items())}.",
+         ""]
+    why = preset_rationale(meta.get("preset"))
+    if why:
+        L += [f"Why this setting (preset `{meta['preset']}`): {why}", ""]
+    L += ["## Verdict", ""]
+    comps = stats["comparisons"]
+    if comps:
+        L += [f"- {c['verdict']}" for c in comps]
+        L += ["", "Differences are in accuracy points, seed by seed (a − b); the verdict uses the paired t-test "
+              "with Holm's correction over the comparisons above (α = 0.05). The Wilcoxon signed-rank test "
+              f"needs no normality, but with {n} seeds its smallest possible p is {2 / 2 ** n:.3f}."]
+    else:
+        L += ["No paired comparison: the report needs bridge and at least one of cold_start, "
+              "bridge_frozen_w, mixed (or a sweep)."]
+    L += ["", "## Accuracy and cost per method", "",
+          "| method | " + " | ".join(f"{b} (%)" for b in benches) + " | final held-out (%) | "
+          + " | ".join(AXES.values()) + " | training-state memory (MB) |",
+          "|---|" + "---|" * (len(benches) + 1 + len(AXES) + 1)]
+    for label in results:
+        a = arms[label]
+        L.append(f"| {label} | " + " | ".join(_pct(a["accuracy"][b]) for b in benches) + f" | {_pct(a['final_heldout'])} | "
+                 + " | ".join(_qty(a["totals"][ax]) for ax in AXES) + f" | {a['state_memory_mb']:.0f} |")
+    L += ["", "Costs are per run, mean over seeds. Generated tokens: rollout tokens sampled; trained tokens: tokens "
+          "through a forward+backward pass (BRIDGE's shadow pass counts); optimizer steps: parameter updates. "
+          "How each is counted: `bridgerl.comparison.costs`."]
+    tt = stats.get("time_to_target") or {}
+    if tt:
+        L += ["", f"## Cost to reach {tt['target']}", "",
+              "Median over the seeds that reach it (how many of them do, if not all); — : no seed within the budget.",
+              "", "| method | " + " | ".join(AXES.values()) + " |", "|---|" + "---|" * len(AXES)]
+        for label, row in tt["arms"].items():
+            cells = []
+            for ax in AXES:
+                x = row[ax]
+                cell = _qty(x["median"])
+                if x["median"] is not None and x["reached"] < x["n"]:
+                    cell += f" ({x['reached']}/{x['n']})"
+                cells.append(cell)
+            L.append(f"| {label} | " + " | ".join(cells) + " |")
+    gains = {label: arms[label]["coop_gain"] for label in results if arms[label]["coop_gain"]}
+    L += ["", "## Cooperative gain J_RL(θ,w) − J_RL(θ̂,w)", ""]
+    if gains:
+        L += ["Per iteration on the same rollouts (the RL objective of the policy with the adapter minus that of "
+              "the RL-only shadow), averaged over each third of training; mean over seeds [95% interval]. "
+              "Only methods with a shadow θ̂ have it (bridge and its sweeps); for the others it is not defined.", "",
+              "| method | first third | middle third | last third |", "|---|---|---|---|"]
+        for label, g in gains.items():
+            cells = [(f"{iv['mean']:+.4f} [{iv['lo']:+.4f}, {iv['hi']:+.4f}]" if iv and iv["lo"] is not None
+                      else (f"{iv['mean']:+.4f}" if iv else "—")) for iv in g["thirds"].values()]
+            L.append(f"| {label} | " + " | ".join(cells) + " |")
+        L += ["", "![cooperative gain](coop_gain.png)"]
+    else:
+        L += ["No arm with a shadow θ̂ ran, so the gain is not defined here."]
+    runs = [run["run"] for r in results.values() for run in r["runs"] if run.get("run")]
+    L += ["", "## Curves", "", "![held-out accuracy vs iteration](heldout_vs_step.png)", "",
+          "![held-out accuracy vs cost](heldout_vs_cost.png)", "",
+          "## Machine", "",
+          f"{meta.get('cpus')} CPUs; load average (1, 5, 15 min) {meta.get('load_avg_start')} at the start, "
+          f"{meta.get('load_avg_end')} at the end of the last invocation, which took "
+          f"{meta.get('wall_s', 0) / 60:.1f} min (runs finished earlier are reused). The {len(runs)} runs took "
+          f"{sum(x['wall_s'] for x in runs) / 60:.1f} min of wall time and {sum(x['cpu_s'] for x in runs) / 60:.1f} "
+          "min of CPU time in all (training and evaluation; per run, with the load: runs/*/run.json).", ""]
+    return "\n".join(L)
+
+
+def write(cfg: Config, results: dict, stats: dict, meta: dict, out: Path) -> None:
+    with atomic_file(out / "report.md") as f:
+        f.write(render(cfg, results, stats, meta))

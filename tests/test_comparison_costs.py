@@ -1,0 +1,59 @@
+"""The cost axes of `bridgerl compare` count what the trainer really does: for one iteration of every
+method (and BRIDGE with several shadow steps and mini-batches), the optimizer steps taken and the tokens
+that go through a forward pass with gradients match bridgerl.comparison.costs.passes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_cfg
+
+from bridgerl.comparison import costs
+from bridgerl.train.methods import METHOD_NAMES
+
+
+def _count(tr):
+    seen = {"tokens": 0, "steps": 0, "R": 0, "S": 0}
+
+    def pre(module, args, kwargs):
+        if torch.is_grad_enabled():
+            seen["tokens"] += int(kwargs["attention_mask"].sum())
+
+    for m in {id(x): x for x in (tr.m.policy, tr.m.shadow) if x is not None}.values():
+        m.register_forward_pre_hook(pre, with_kwargs=True)
+    tr.optimizer.register_step_post_hook(lambda *a: seen.__setitem__("steps", seen["steps"] + 1))
+    rollouts, sft_batch = tr.rollouts, tr.sft_batch
+
+    def rollouts_counted():
+        batch, info = rollouts()
+        seen["R"] += batch.n_tokens
+        return batch, info
+
+    def sft_counted():
+        batch = sft_batch()
+        seen["S"] += batch.n_tokens
+        return batch
+
+    tr.rollouts, tr.sft_batch = rollouts_counted, sft_counted
+    return seen
+
+
+@pytest.mark.parametrize("method,extra", [(m, ()) for m in METHOD_NAMES] + [
+    ("bridge", ("train.bridge.shadow_steps=2", "train.grpo.mini_batches=2", "train.grpo.ppo_epochs=2")),
+    ("mixed", ("train.grpo.mini_batches=2",)),
+])
+def test_passes_match_the_trainer(tiny_project, method, extra):
+    from bridgerl.train.trainer import make_trainer
+
+    cfg = make_cfg(tiny_project, f"train.method={method}", "train.cold_start_sft_steps=1", "train.prompt_batch=2",
+                   "train.demo_batch=2", *extra)
+    tr = make_trainer(cfg, device="cpu")
+    seen = _count(tr)
+    for _ in range(2):  # cold start: an SFT iteration, then an RL one
+        phase = tr.phase(tr.step)
+        before = dict(seen)
+        tr.train_step()
+        rl_passes, sft_passes, steps = costs.passes(cfg, method, phase)
+        R, S = seen["R"] - before["R"], seen["S"] - before["S"]
+        assert seen["steps"] - before["steps"] == steps, phase
+        assert seen["tokens"] - before["tokens"] == rl_passes * R + sft_passes * S, phase
