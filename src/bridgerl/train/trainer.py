@@ -288,7 +288,7 @@ class Trainer:
         self.elapsed += dt
         for group in self.optimizer.param_groups:
             metrics[f"lr_{group.get('name', 'theta')}"] = group["lr"]
-        metrics.update(step_time_s=dt, tokens_per_s=tokens / dt if dt > 0 else 0.0, trained_tokens=float(tokens),
+        metrics.update(step_time_s=dt, tokens_per_s=tokens / dt if dt > 0 else 0.0, batch_tokens=float(tokens),
                        optimizer_steps=float(self.engine.optimizer_steps), peak_memory_mb=peak_memory_mb(),
                        state_memory_mb=state_memory_mb(self.m, self.optimizer),
                        wall_time_s=self.elapsed, phase=phase)
