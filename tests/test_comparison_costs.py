@@ -15,11 +15,13 @@ from bridgerl.train.methods import METHOD_NAMES
 def _count(tr):
     seen = {"tokens": 0, "steps": 0, "R": 0, "S": 0}
 
-    def pre(module, args, kwargs):
+    def pre(module, args, kwargs):  # the decoder: the full-logits and the chunked log-probs both run it
         if torch.is_grad_enabled():
-            seen["tokens"] += int(kwargs["attention_mask"].sum())
+            mask = kwargs.get("attention_mask")
+            seen["tokens"] += int(mask.sum()) if mask is not None else int(kwargs["input_ids"].numel())
 
-    for m in {id(x): x for x in (tr.m.policy, tr.m.shadow) if x is not None}.values():
+    decoders = [x.get_decoder() for x in (tr.m.policy, tr.m.shadow) if x is not None]
+    for m in {id(d): d for d in decoders}.values():
         m.register_forward_pre_hook(pre, with_kwargs=True)
     tr.optimizer.register_step_post_hook(lambda *a: seen.__setitem__("steps", seen["steps"] + 1))
     rollouts, sft_batch = tr.rollouts, tr.sft_batch
