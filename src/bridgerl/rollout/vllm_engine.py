@@ -21,6 +21,7 @@ vLLM starts its engine core and workers with `spawn`: a script that creates an e
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -38,10 +39,23 @@ class WorkerExtension:
     def bridgerl_reload_weights(self, blob: bytes) -> int:
         from safetensors.torch import load
 
+        _quiet_tied_head_warning()
         weights = load(blob)
         self.reload_weights(weights_iterator=iter(weights.items()))
         _retie_lm_head(self.model_runner.get_model())
         return len(weights)
+
+
+class _DropTiedHeadWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "ParallelLMHead: Failed to load weights"
+
+
+def _quiet_tied_head_warning() -> None:
+    """A reload skips a tied output layer's weight (re-tied below) and vLLM warns at every push: drop that line."""
+    for h in logging.getLogger("vllm").handlers:
+        if not any(isinstance(f, _DropTiedHeadWarning) for f in h.filters):
+            h.addFilter(_DropTiedHeadWarning())
 
 
 def _retie_lm_head(model) -> bool:
@@ -78,6 +92,7 @@ class VLLMEngine(RolloutEngine):
                  gpu_memory_utilization: float = 0.3, tensor_parallel_size: int = 1, sleep: bool = True,
                  kv_cache_gb: float | None = None, stop_ids: Sequence[int] | None = None):
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # no INFO line per weight push; set it to see them
         on_gpu = torch.cuda.is_available()
         # log-probs of the distribution tokens were sampled from (temperature applied), as the trainer's are
         kwargs = dict(model=str(model_dir), tokenizer=str(model_dir), seed=seed, max_model_len=max_model_len,
