@@ -17,7 +17,7 @@ if torch.cuda.device_count() and not torch.cuda.is_available():
 print("ok", torch.__version__, "cuda" if torch.cuda.is_available() else "cpu")
 PY
     ;;
-  ""|-*|config|generate|resolve-config|prepare|init-model|build-demos|serve-teacher|train|evaluate|report|register|promote|rollback|compare)
+  ""|-*|config|generate|resolve-config|prepare|init-model|build-demos|serve-teacher|train|evaluate|report|register|promote|rollback|compare|plan)
     exec bridgerl "$@" ;;
   *)
     exec "$@" ;;
