@@ -69,12 +69,12 @@ def test_engine_holds_the_updated_policy(project, tmp_path):
         plist = [p for p in prompts for _ in range(2)]
         batch = collate(plist, [r.token_ids for r in flat], tr.tok.pad_token_id)
         batch.extras["old_logp"] = rl_logprobs(tr.m.policy, batch, tr.cfg)[0]
-        assert engine_logp_gap(batch, plist, [r.logprobs for r in flat]) < LOGPROB_TOL
+        assert engine_logp_gap(batch, [r.logprobs for r in flat]) < LOGPROB_TOL
         from bridgerl.model.loading import load_model
 
         base = load_model(tr.cfg.model.out_dir)
         batch.extras["old_logp"] = rl_logprobs(base, batch, tr.cfg)[0]
-        assert engine_logp_gap(batch, plist, [r.logprobs for r in flat]) > 10 * LOGPROB_TOL
+        assert engine_logp_gap(batch, [r.logprobs for r in flat]) > 10 * LOGPROB_TOL
     finally:
         tr.close()
 

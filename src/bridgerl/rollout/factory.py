@@ -64,7 +64,7 @@ def select_backend(requested: str, has_vllm: bool | None = None, model_dir: str 
 
 def make_engine(backend: str, model_dir: str, rollout: RolloutConfig | None = None, *, dtype: str = "auto",
                 seed: int = 0, model: torch.nn.Module | None = None, pad_id: int | None = None,
-                batch_size: int = 64) -> RolloutEngine:
+                batch_size: int = 64, stop_ids: list[int] | None = None) -> RolloutEngine:
     """Start the engine for `backend` (hf | vllm | auto) on the model in `model_dir`.
 
     hf: generates with `model` when given (a plain generation model the caller keeps), else loads one
@@ -82,9 +82,10 @@ def make_engine(backend: str, model_dir: str, rollout: RolloutConfig | None = No
             return HFEngine.from_dir(model_dir, resolve_dtype(dtype, dev), dev, batch_size=batch_size)
         from bridgerl.rollout.base import stop_token_ids
 
-        return HFEngine(model, stop_token_ids(model_dir), pad_id=pad_id, batch_size=batch_size)
+        return HFEngine(model, stop_ids or stop_token_ids(model_dir), pad_id=pad_id, batch_size=batch_size)
     from bridgerl.rollout.vllm_engine import VLLMEngine
 
     return VLLMEngine(model_dir, dtype=dtype, seed=seed, max_model_len=r.max_model_len,
                       gpu_memory_utilization=r.gpu_memory_utilization,
-                      tensor_parallel_size=r.tensor_parallel_size, sleep=r.sleep, kv_cache_gb=r.kv_cache_gb)
+                      tensor_parallel_size=r.tensor_parallel_size, sleep=r.sleep, kv_cache_gb=r.kv_cache_gb,
+                      stop_ids=stop_ids)

@@ -24,7 +24,7 @@ import torch
 
 from bridgerl.config import Config
 from bridgerl.rollout.base import Rollout, RolloutEngine, stop_token_ids
-from bridgerl.rollout.factory import select_backend
+from bridgerl.rollout.factory import make_engine, select_backend
 from bridgerl.rollout.weights import merged_weights
 
 log = logging.getLogger(__name__)
@@ -58,25 +58,22 @@ class PolicyRollouts:
     def _start(self) -> RolloutEngine:
         policy = self.train_engine.policy_module()
         dtype = next(policy.parameters()).dtype
-        if self.backend == "vllm":
-            from bridgerl.rollout.vllm_engine import VLLMEngine
-
-            r = self.cfg.train.rollout
-            log.info("rollouts: starting a colocated vLLM engine on %s", self.cfg.model.out_dir)
-            return VLLMEngine(self.cfg.model.out_dir, dtype=str(dtype).removeprefix("torch."), seed=self.cfg.seed,
-                              max_model_len=r.max_model_len, gpu_memory_utilization=r.gpu_memory_utilization,
-                              tensor_parallel_size=r.tensor_parallel_size, sleep=r.sleep, kv_cache_gb=r.kv_cache_gb,
-                              stop_ids=self.stop_ids)
-        from bridgerl.rollout.hf import HFEngine
-
         if self.live_policy:
+            from bridgerl.rollout.hf import HFEngine
+
             return HFEngine(self.train_engine.models.policy, self.stop_ids, pad_id=self.tok.pad_token_id,
                             batch_size=self.batch_size, generate_kwargs=self.train_engine.generate_kwargs())
-        from bridgerl.model.loading import load_model
+        copy = None
+        if self.backend == "hf":  # a plain copy of the model to hold the merged weights
+            from bridgerl.model.loading import load_model
 
-        copy = load_model(self.cfg.model.out_dir, dtype, device=self.device)
-        copy.requires_grad_(False)
-        return HFEngine(copy, self.stop_ids, pad_id=self.tok.pad_token_id, batch_size=self.batch_size)
+            copy = load_model(self.cfg.model.out_dir, dtype, device=self.device)
+            copy.requires_grad_(False)
+        else:
+            log.info("rollouts: starting a colocated vLLM engine on %s", self.cfg.model.out_dir)
+        return make_engine(self.backend, self.cfg.model.out_dir, self.cfg.train.rollout,
+                           dtype=str(dtype).removeprefix("torch."), seed=self.cfg.seed, model=copy,
+                           pad_id=self.tok.pad_token_id, batch_size=self.batch_size, stop_ids=self.stop_ids)
 
     def sync(self, version: int) -> None:
         """All ranks: make the engine hold the policy's current weights (once per `version`)."""

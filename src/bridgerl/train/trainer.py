@@ -77,14 +77,13 @@ def state_memory_mb(models: Models, optimizer: torch.optim.Optimizer) -> float:
     return training_state(models, optimizer)["device"] / 2**20
 
 
-def engine_logp_gap(batch: SeqBatch, prompt_ids: list[list[int]], engine_logp: list[list[float]]) -> float:
-    """Mean |log p_engine − log p_trainer| over the sampled tokens (the trainer's in batch.extras['old_logp'])."""
+def engine_logp_gap(batch: SeqBatch, engine_logp: list[list[float]]) -> float:
+    """Mean |log p_engine − log p_trainer| over the sampled tokens (the trainer's in batch.extras['old_logp']);
+    the engine's are placed at the batch's response positions (batch.mask, in row order)."""
     ours = batch.extras["old_logp"].detach().float().cpu()
-    theirs = torch.zeros_like(ours)
-    for i, (p, lp) in enumerate(zip(prompt_ids, engine_logp)):
-        start = len(p) - 1  # the response's token k is predicted at position len(prompt) - 1 + k
-        theirs[i, start: start + len(lp)] = torch.tensor(lp, dtype=theirs.dtype)
     mask = batch.mask.cpu()
+    theirs = torch.zeros_like(ours)
+    theirs[mask.bool()] = torch.tensor([x for lp in engine_logp for x in lp], dtype=theirs.dtype)
     return float(((ours - theirs).abs() * mask).sum() / mask.sum().clamp(min=1))
 
 
@@ -237,7 +236,7 @@ class Trainer:
         if g.ppo_epochs * g.mini_batches > 1 or engine_logp is not None:
             batch.extras["old_logp"] = rl_logprobs(self.m.policy, batch, self.cfg)[0]
         if engine_logp is not None:
-            info["engine_logp_abs_diff"] = engine_logp_gap(batch, gen.prompt_ids, engine_logp)
+            info["engine_logp_abs_diff"] = engine_logp_gap(batch, engine_logp)
         if self.m.ref is not None:
             batch.extras["ref_logp"] = rl_logprobs(self.m.ref, batch, self.cfg)[0]
         weigh(batch, g.mini_batches, g.loss_agg == "token", self.env.world_size)
