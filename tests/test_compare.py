@@ -102,3 +102,53 @@ def test_inputs_are_rebuilt_only_for_what_they_are_built_from(tmp_path):
     assert compare.inputs_key(make_cfg(tmp_path, "train.steps=7", "train.lr_theta=0.5")) == key  # training does not
     for changed in ("data.synthetic.max_ops=3", "model.tiny.pretrain_steps=7", "demos.max_problems=5", "seed=3"):
         assert compare.inputs_key(make_cfg(tmp_path, changed)) != key, changed
+
+
+# vLLM's CPU attention takes head size 32 (the other tests' tiny model has 16): tests/test_rollout_training.py
+VLLM_TINY = ["model.tiny.hidden_size=64", "model.tiny.num_heads=2", "model.tiny.intermediate_size=128",
+             "model.tiny.pretrain_steps=150", "train.rollout.backend=vllm", "train.rollout.kv_cache_gb=1",
+             "train.rollout.max_model_len=256"]
+
+
+def test_parallel_runs_with_vllm_rollouts_are_each_logged_once_to_a_tracking_server(tmp_path):
+    """`--jobs 2` with vLLM rollouts (a run starts vLLM's engine processes from its worker) and tracking on,
+    against a real `mlflow server` (SQLite): every (method, seed) has exactly one train and one evaluate run,
+    finished, with its own method and seed; running the comparison again logs nothing new."""
+    from conftest import MlflowServer
+    from mlflow.tracking import MlflowClient
+
+    from bridgerl.stages import compare
+
+    (tmp_path / "mlflow").mkdir()
+    server = MlflowServer(tmp_path / "mlflow")
+    server.start()
+    try:
+        cfg = make_cfg(tmp_path, *VLLM_TINY, "tracking.enabled=true", f"tracking.uri={server.uri}",
+                       "tracking.experiment=compare-jobs", "train.steps=2", "train.eval_every=1")
+        out = tmp_path / "cmp"
+        methods, seeds = ["rl_zero", "bridge"], [0, 1]
+        compare.run(cfg, methods=methods, seeds=seeds, out=out, progress=False, jobs=2)
+        client = MlflowClient(tracking_uri=server.uri)
+        exp = client.get_experiment_by_name("compare-jobs")
+
+        def stage_runs(stage):
+            return client.search_runs([exp.experiment_id], f"tags.`bridgerl.stage` = '{stage}'", max_results=1000)
+
+        expected = sorted((m, str(s)) for m in methods for s in seeds)
+        train = stage_runs("train")
+        assert sorted((r.data.params["train.method"], r.data.params["seed"]) for r in train) == expected
+        assert all(r.info.status == "FINISHED" for r in train)
+        assert all(r.data.metrics.get("heldout_accuracy") is not None for r in train)
+        assert {json.loads((out / "runs" / f"{m}-s{s}" / "train.json").read_text())["rollout_backend"]
+                for m in methods for s in seeds} == {"vllm"}
+        # every trained model evaluated once, and the base model once (what it solves asked directly)
+        evaluate = stage_runs("evaluate")
+        assert all(r.info.status == "FINISHED" for r in evaluate)
+        of_runs = [r for r in evaluate if r.data.params["train.out_dir"].startswith(str(out / "runs"))]
+        assert sorted((r.data.params["train.method"], r.data.params["seed"]) for r in of_runs) == expected
+        assert len(evaluate) == len(of_runs) + 1  # and the base model's
+        before = {r.info.run_id for r in client.search_runs([exp.experiment_id], max_results=1000)}
+        compare.run(cfg, methods=methods, seeds=seeds, out=out, progress=False, jobs=2)  # every run reused
+        assert {r.info.run_id for r in client.search_runs([exp.experiment_id], max_results=1000)} == before
+    finally:
+        server.stop()

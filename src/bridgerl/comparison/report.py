@@ -62,8 +62,12 @@ def render(cfg: Config, results: dict, stats: dict, meta: dict) -> str:
     arms = stats["arms"]
     n = len(meta["seeds"])
     preset = f" --preset {meta['preset']}" if meta.get("preset") else ""
+    from bridgerl.train.methods import METHOD_NAMES
+
+    methods = meta.get("methods") or list(METHOD_NAMES)
+    subset = f" --methods {','.join(methods)}" if list(methods) != list(METHOD_NAMES) else ""
     L = ["# Method comparison", "",
-         f"Command: `bridgerl compare{preset} --seeds {','.join(map(str, meta['seeds']))}`"
+         f"Command: `bridgerl compare{preset}{subset} --seeds {','.join(map(str, meta['seeds']))}`"
          + "".join(f" `--sweep {m}:{k}={','.join(map(str, v))}`" for m, k, v in meta.get("sweeps", [])) + ".",
          f"Setting: {setting(cfg, meta)}.",
          "Every seed shares the data, base model and demonstrations across methods (paired by seed); accuracy "
