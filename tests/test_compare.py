@@ -13,11 +13,15 @@ def test_compare_two_seeds_statistics_and_report(project):
 
     cfg = make_cfg(project, "train.steps=2", "train.eval_every=1", "train.cold_start_sft_steps=1")
     out = project / "report"
-    sweeps = compare.parse_sweeps(["train.bridge.lam=0.5,1"])  # 0.5 is the configuration's: no extra arm
+    from bridgerl.cli import build_parser
+
+    # --sweep is repeatable: one command runs every ablation (0.5 is the configuration's λ: no extra arm)
+    args = build_parser().parse_args(["compare", "--sweep", "train.bridge.lam=0.5,1", "--sweep", "train.lora.r=2"])
+    sweeps = compare.parse_sweeps(args.sweep)
     res = compare.run(cfg, methods=["cold_start", "bridge_frozen_w", "mixed", "bridge"], seeds=[0, 1], out=out,
                       progress=False, sweeps=sweeps, jobs=2)  # two runs at a time, each in its own process
     arms, st = res["arms"], res["statistics"]
-    assert list(arms) == ["cold_start", "mixed", "bridge", "bridge bridge.lam=1", "bridge_frozen_w"]
+    assert list(arms) == ["cold_start", "mixed", "bridge", "bridge bridge.lam=1", "bridge lora.r=2", "bridge_frozen_w"]
     for label, r in arms.items():
         assert r["seeds"] == [0, 1] and len(r["runs"]) == 2
         iv = st["arms"][label]["avg_accuracy"]
@@ -29,7 +33,7 @@ def test_compare_two_seeds_statistics_and_report(project):
     # paired comparisons: the three key ones and the sweep arm against its method, each with a verdict
     pairs = [(c["a"], c["b"]) for c in st["comparisons"]]
     assert pairs == [("bridge", "cold_start"), ("bridge", "bridge_frozen_w"), ("bridge", "mixed"),
-                     ("bridge bridge.lam=1", "bridge")]
+                     ("bridge bridge.lam=1", "bridge"), ("bridge lora.r=2", "bridge")]
     per_seed = st["per_seed_accuracy"]
     for c in st["comparisons"]:
         assert abs(c["diff"]["mean"] - (sum(per_seed[c["a"]]) - sum(per_seed[c["b"]])) / 2) < 1e-9
@@ -39,7 +43,9 @@ def test_compare_two_seeds_statistics_and_report(project):
     assert tot["bridge"]["optimizer_steps"] == tot["bridge_frozen_w"]["optimizer_steps"]
     assert st["arms"]["bridge"]["coop_gain"] is not None and st["arms"]["bridge_frozen_w"]["coop_gain"] is None
     md = (out / "report.md").read_text()
-    assert "## Verdict" in md and "| bridge bridge.lam=1 |" in md and "Wilcoxon" in md
+    assert "## Verdict" in md and "| bridge bridge.lam=1 |" in md and "| bridge lora.r=2 |" in md and "Wilcoxon" in md
+    assert "`--sweep bridge:train.bridge.lam=0.5,1` `--sweep bridge:train.lora.r=2`" in md
+    assert "--methods cold_start,bridge_frozen_w,mixed,bridge" in md
     for f in ("heldout_vs_step.png", "heldout_vs_cost.png", "coop_gain.png"):
         assert (out / f).stat().st_size > 1000
     saved = json.loads((out / "results.json").read_text())

@@ -127,6 +127,7 @@ def render(cfg: Config, results: dict, stats: dict, meta: dict) -> str:
     else:
         L += ["No arm with a shadow θ̂ ran, so the gain is not defined here."]
     runs = [run["run"] for r in results.values() for run in r["runs"] if run.get("run")]
+    backends = sorted({run["rollout_backend"] for r in results.values() for run in r["runs"] if run.get("rollout_backend")})
     L += ["", "## Curves", "", "![held-out accuracy vs iteration](heldout_vs_step.png)", "",
           "![held-out accuracy vs cost](heldout_vs_cost.png)", "",
           "## Machine", "",
@@ -134,7 +135,9 @@ def render(cfg: Config, results: dict, stats: dict, meta: dict) -> str:
           f"{meta.get('load_avg_end')} at the end of the last invocation, which took "
           f"{meta.get('wall_s', 0) / 60:.1f} min (runs finished earlier are reused). The {len(runs)} runs took "
           f"{sum(x['wall_s'] for x in runs) / 60:.1f} min of wall time and {sum(x['cpu_s'] for x in runs) / 60:.1f} "
-          "min of CPU time in all (training and evaluation; per run, with the load: runs/*/run.json).", ""]
+          "min of CPU time in all (training and evaluation, child processes included; per run, with the load: "
+          "runs/*/run.json)." + (f" Rollouts generated with {' and '.join(backends)} (train.rollout.backend)."
+                                 if backends else ""), ""]
     return "\n".join(L)
 
 

@@ -207,7 +207,8 @@ def _collect(rc: Config, arm: Arm, tm) -> dict:
     coop = [[int(r["step"]), float(r["coop_gain"])] for r in rows if r.get("coop_gain") not in ("", None)]
     return {"accuracy": {b: m["accuracy"] for b, m in ev["benchmarks"].items()},
             "wall_time_s": final["wall_time_s"], "peak_memory_mb": final["peak_memory_mb"],
-            "state_memory_mb": final["state_memory_mb"], "curve": curve, "coop_gain": coop,
+            "state_memory_mb": final["state_memory_mb"], "rollout_backend": final.get("rollout_backend"),
+            "curve": curve, "coop_gain": coop,
             "totals": {k: cum[-1][k] for k in costs.AXES} if cum else {}, "run": run}
 
 
