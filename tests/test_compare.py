@@ -56,6 +56,8 @@ def test_compare_two_seeds_statistics_and_report(project):
     compare.run(cfg, methods=["cold_start", "bridge_frozen_w", "mixed", "bridge"], seeds=[0, 1], out=out,
                 progress=False, sweeps=sweeps)
     assert stamp == {p: p.stat().st_mtime for p in (out / "runs").rglob("train.json")}
+    # the report keeps the time of the invocation that trained the runs
+    assert json.loads((out / "results.json").read_text())["meta"]["wall_s"] == saved["meta"]["wall_s"]
     verdicts = md.split("## Verdict")[1].split("##")[0]
     (out / "report.md").unlink()
     compare.rerender(cfg, out)

@@ -174,15 +174,16 @@ def _cpu_s() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _one_run(rc: Config, progress: bool) -> None:
-    """Train and evaluate one (arm, seed), unless OUT/runs/... already holds it for this configuration."""
+def _one_run(rc: Config, progress: bool) -> bool:
+    """Train and evaluate one (arm, seed), unless OUT/runs/... already holds it for this configuration
+    (then False)."""
     from bridgerl.stages import evaluate, train
 
     run_dir = Path(rc.train.metrics_file).parent
     done = run_dir / "run.json"
     key = rc.model_copy(update={"threads": None}).digest()  # threads never change a result
     if done.exists() and read_json(done).get("config_digest") == key:
-        return
+        return False
     t0, cpu0, load0 = time.perf_counter(), _cpu_s(), _load_avg()
     train.run(rc, progress=progress)
     evaluate.run(rc, progress=progress)
@@ -192,6 +193,7 @@ def _one_run(rc: Config, progress: bool) -> None:
     write_json(done, {"config_digest": key, "threads": rc.threads, "wall_s": round(time.perf_counter() - t0, 1),
                       "cpu_s": round(_cpu_s() - cpu0, 1), "load_avg_start": load0,
                       "load_avg_end": _load_avg()})
+    return True
 
 
 def _collect(rc: Config, arm: Arm, tm) -> dict:
@@ -231,25 +233,26 @@ def _worker(tasks, results) -> None:
     while (task := tasks.get()) is not None:
         i, rc = task
         try:
-            _one_run(rc, False)
-            results.put((i, None))
+            results.put((i, _one_run(rc, False), None))
         except Exception:
-            results.put((i, traceback.format_exc()))
+            results.put((i, False, traceback.format_exc()))
             return
 
 
-def _run_all(todo: list, jobs: int, progress: bool) -> None:
-    """Every (arm, seed) run, one after the other or in `jobs` worker processes (runs are independent).
-    The first failed run stops the comparison (runs finished before it are kept and reused next time)."""
+def _run_all(todo: list, jobs: int, progress: bool) -> int:
+    """Every (arm, seed) run, one after the other or in `jobs` worker processes (runs are independent);
+    returns how many were trained (not reused). The first failed run stops the comparison (runs finished
+    before it are kept and reused next time)."""
     import multiprocessing as mp
     import queue
 
     n = len(todo)
     if jobs <= 1:
+        trained = 0
         for i, (arm, seed, rc) in enumerate(todo, 1):
             print(f"compare: run {i}/{n}: {arm.label}, seed {seed}", flush=True)
-            _one_run(rc, progress)
-        return
+            trained += _one_run(rc, progress)
+        return trained
     ctx = mp.get_context("spawn")
     tasks, results = ctx.Queue(), ctx.Queue()
     for i, (_, _, rc) in enumerate(todo):
@@ -259,11 +262,12 @@ def _run_all(todo: list, jobs: int, progress: bool) -> None:
     for w in workers:
         tasks.put(None)
         w.start()
+    trained = 0
     try:
         for done in range(1, n + 1):
             while True:
                 try:
-                    i, err = results.get(timeout=2.0)
+                    i, ran, err = results.get(timeout=2.0)
                     break
                 except queue.Empty:
                     dead = [w for w in workers if w.exitcode not in (None, 0)]
@@ -273,9 +277,11 @@ def _run_all(todo: list, jobs: int, progress: bool) -> None:
             arm, seed, _ = todo[i]
             if err:
                 raise RuntimeError(f"compare: run {arm.label}, seed {seed} failed:\n{err}")
+            trained += ran
             print(f"compare: {done}/{n} runs done (last: {arm.label}, seed {seed})", flush=True)
         for w in workers:
             w.join(30)
+        return trained
     finally:  # on an error or a signal: stop the other runs too
         for w in workers:
             if w.is_alive():
@@ -318,7 +324,7 @@ def run(cfg: Config, methods: list[str] | None = None, seeds: list[int] | None =
 
         for _, _, rc in todo:
             rc.threads = max(1, available_cores() // jobs)
-    _run_all(todo, jobs, progress)
+    trained = _run_all(todo, jobs, progress)
     results: dict = {}
     for arm, seed, rc in todo:
         r = results.setdefault(arm.label, {"method": arm.method, "overrides": arm.overrides, "seeds": [], "runs": []})
@@ -327,6 +333,10 @@ def run(cfg: Config, methods: list[str] | None = None, seeds: list[int] | None =
     meta = {"seeds": seeds, "base_accuracy": base_acc, "token_means": vars(tm), "wall_s": round(time.perf_counter() - t0),
             "load_avg_start": load0, "load_avg_end": _load_avg(), "cpus": os.cpu_count(),
             "preset": cfg.preset, "methods": methods, "sweeps": [list(x) for x in sweeps or []]}
+    earlier = out / "results.json"
+    if not trained and earlier.exists():  # nothing trained now: the time and load of the invocation that did
+        before = json.loads(earlier.read_text()).get("meta", {})
+        meta.update({k: before[k] for k in ("wall_s", "load_avg_start", "load_avg_end") if k in before})
     return finish(cfg, results, meta, out)
 
 
