@@ -86,7 +86,7 @@ def render(cfg: Config, results: dict, stats: dict, meta: dict) -> str:
               f"needs no normality, but with {n} seeds its smallest possible p is {2 / 2 ** n:.3f}."]
     else:
         L += ["No paired comparison: the report needs bridge and at least one of cold_start, "
-              "bridge_frozen_w, mixed (or a sweep)."]
+              "bridge_frozen_w, mixed, alternating (or a sweep)."]
     L += ["", "## Accuracy and cost per method", "",
           "| method | " + " | ".join(f"{b} (%)" for b in benches) + " | final held-out (%) | "
           + " | ".join(AXES.values()) + " | training-state memory (MB) |",
