@@ -135,7 +135,7 @@ def render(cfg: Config, results: dict, stats: dict, meta: dict) -> str:
           f"{meta.get('load_avg_end')} at the end of the last invocation that trained runs, "
           f"which took {meta.get('wall_s', 0) / 60:.1f} min (runs finished before it are reused). The {len(runs)} runs took "
           f"{sum(x['wall_s'] for x in runs) / 60:.1f} min of wall time and {sum(x['cpu_s'] for x in runs) / 60:.1f} "
-          "min of CPU time in all (training and evaluation, child processes included; per run, with the load: "
+          "min of CPU time in all (training and evaluation, finished child processes included; per run, with the load: "
           "runs/*/run.json)." + (f" Rollouts generated with {' and '.join(backends)} (train.rollout.backend)."
                                  if backends else ""), ""]
     return "\n".join(L)
