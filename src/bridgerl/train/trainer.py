@@ -151,8 +151,16 @@ class Trainer:
 
     # -- setup ---------------------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        t = self.cfg.train
         groups = [g for g in self.m.param_groups(self.cfg) if g["params"]]
+        off = self.m.shadow_offload
+        if off is not None and self.cfg.train.distributed.strategy != "none":
+            # under ZeRO the offloaded θ̂ is outside DeepSpeed: its own optimizer (bridgerl.train.shadow)
+            off.optimizer = self._optimizer([g for g in groups if g["name"] == "shadow"])
+            groups = [g for g in groups if g["name"] != "shadow"]
+        return self._optimizer(groups)
+
+    def _optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
+        t = self.cfg.train
         if t.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=t.lr_theta)
         return torch.optim.AdamW(groups, lr=t.lr_theta, weight_decay=t.weight_decay,
