@@ -54,8 +54,10 @@ def test_passes_match_the_trainer(tiny_project, method, extra):
     for _ in range(2):  # cold start: an SFT iteration, then an RL one
         phase = tr.phase(tr.step)
         before = dict(seen)
-        tr.train_step()
+        metrics = tr.train_step()
         rl_passes, sft_passes, steps = costs.passes(cfg, method, phase)
         R, S = seen["R"] - before["R"], seen["S"] - before["S"]
         assert seen["steps"] - before["steps"] == steps, phase
         assert seen["tokens"] - before["tokens"] == rl_passes * R + sft_passes * S, phase
+        # the trainer's own count (bridgerl.train.updates.Ctx.backward) is the same
+        assert metrics["trained_tokens"] == seen["tokens"] - before["tokens"] > 0, phase

@@ -203,6 +203,8 @@ def test_bridge_under_zero_matches_single_process(runs, strategy):
              for k in ("single", strategy)}
     assert len(norms["single"]) == 3 and all(n > MAX_GRAD_NORM for n in norms["single"])
     assert norms[strategy] == pytest.approx(norms["single"], rel=1e-3)
+    # the ranks' trained tokens add up to one process's (the same global batches, split)
+    assert _curve(runs[strategy], "trained_tokens") == _curve(runs["single"], "trained_tokens")
     # the exported models (θ with w merged) agree too, and are plain transformers models
     from transformers import AutoModelForCausalLM
 

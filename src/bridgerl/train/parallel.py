@@ -20,7 +20,8 @@ import torch
 
 from bridgerl.config import Config, ConfigError
 
-SUM_METRICS = ("tokens_per_s", "generated_tokens", "batch_tokens", "rollout_allgathers", "rollout_allgather_mb")
+SUM_METRICS = ("tokens_per_s", "generated_tokens", "batch_tokens", "trained_tokens", "rollout_allgathers",
+               "rollout_allgather_mb")
 MAX_METRICS = ("peak_memory_mb", "step_time_s", "wall_time_s", "rollout_time_s", "optimizer_steps")
 
 

@@ -275,6 +275,7 @@ class Trainer:
         self.m.policy.train()
         metrics: dict = {"step": self.step + 1}
         tokens = 0
+        trained_before = self.ctx.trained_tokens
         rl = sft = None
         lam = None
         if phase != "sft":
@@ -296,6 +297,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             metrics[f"lr_{group.get('name', 'theta')}"] = group["lr"]
         metrics.update(step_time_s=dt, tokens_per_s=tokens / dt if dt > 0 else 0.0, batch_tokens=float(tokens),
+                       trained_tokens=float(self.ctx.trained_tokens - trained_before),
                        optimizer_steps=float(self.engine.optimizer_steps), peak_memory_mb=peak_memory_mb(),
                        state_memory_mb=state_memory_mb(self.m, self.optimizer),
                        wall_time_s=self.elapsed, phase=phase)
