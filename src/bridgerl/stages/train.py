@@ -23,9 +23,9 @@ from bridgerl.train.models import export
 from bridgerl.train.trainer import Trainer, make_trainer
 
 CURVE_FIELDS = ["step", "wall_time_s", "phase", "reward_mean", "accuracy", "heldout_accuracy", "sft_nll", "kl",
-                "entropy", "response_length", "coop_gain", "lambda", "grad_norm", "loss", "generated_tokens",
-                "batch_tokens", "trained_tokens", "optimizer_steps", "step_time_s", "rollout_time_s", "engine_logp_abs_diff",
-                "rollout_allgathers", "rollout_allgather_mb"]
+                "entropy", "response_length", "coop_gain", "lambda", "grad_norm", "shadow_grad_norm", "loss",
+                "generated_tokens", "batch_tokens", "trained_tokens", "optimizer_steps", "step_time_s",
+                "rollout_time_s", "engine_logp_abs_diff", "rollout_allgathers", "rollout_allgather_mb"]
 
 
 def _curve_csv(history: list[dict]) -> str:

@@ -47,6 +47,7 @@ class TorchEngine:
     def __init__(self, cfg: Config, models: Models, optimizer: torch.optim.Optimizer, env: ProcEnv):
         self.cfg, self.models, self.optimizer, self.env = cfg, models, optimizer, env
         self.grad_norm: float | None = None  # total norm before clipping, at the last step
+        self.shadow_grad_norm: float | None = None  # an offloaded θ̂'s own norm under ZeRO (bridgerl.train.shadow)
         self.optimizer_steps = 0  # optimizer steps taken by this process (all of a method's updates)
 
     # -- update ----------------------------------------------------------------------------------
@@ -221,7 +222,7 @@ class DeepSpeedEngine(TorchEngine):
         self.ds.step()  # gradient reduction, clipping (global norm), optimizer step, zero_grad
         if self.shadow_offload is not None:  # θ̂ outside DeepSpeed, at θ's learning rate (same schedule)
             theta_lr = next(g["lr"] for g in self.optimizer.param_groups if g.get("name") == "theta")
-            self.shadow_offload.step(theta_lr, self.cfg.train.max_grad_norm)
+            self.shadow_grad_norm = self.shadow_offload.step(theta_lr, self.cfg.train.max_grad_norm)
         self.optimizer_steps += 1
         self._clear_stale_accumulation()
         if self.cfg.train.max_grad_norm:

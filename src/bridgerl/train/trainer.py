@@ -290,6 +290,8 @@ class Trainer:
         metrics.update(UPDATES[phase](self.ctx, rl, sft, lam))
         if self.engine.grad_norm is not None:
             metrics["grad_norm"] = self.engine.grad_norm
+        if self.engine.shadow_grad_norm is not None:
+            metrics["shadow_grad_norm"] = self.engine.shadow_grad_norm
         self.scheduler.step()
         dt = time.perf_counter() - t0
         self.step += 1
