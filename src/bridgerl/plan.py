@@ -161,13 +161,16 @@ def plan(cfg: Config, gpu_gb: float = 80.0, nproc: int | None = None, prompt_tok
         host += n * opt_b / part_go if d.offload else 0
 
     def offloaded_shadow(n):
-        """θ̂ in host memory (bridgerl.train.shadow): whole on every process (under ZeRO its fp32 master)."""
+        """θ̂ in host memory (bridgerl.train.shadow): weights and gradients whole on every process (under ZeRO
+        in fp32, as master weights), the optimizer's moments sharded over the ranks under ZeRO."""
         nonlocal host
         master = 4 if ds else b
         moments = (8 if ds else 2 * b) if t.optimizer == "adamw" else 0
-        host += n * (2 * master + moments)
-        add("shadow θ̂ (host memory)", 0, f"{n / 1e9:.3f}B x {2 * master + moments} B (weights, gradients, "
-            "optimizer) in host memory, whole on each process")
+        shards = W if ds else 1
+        host += n * (2 * master + moments / shards)
+        add("shadow θ̂ (host memory)", 0, f"{n / 1e9:.3f}B x ({2 * master} B weights + gradients"
+            + (f" + {moments} B optimizer" + (f" / {shards} ranks" if shards > 1 else "") if moments else "")
+            + ") in host memory")
 
     trained("policy θ", P)
     if m.shadow and t.bridge.shadow_offload:

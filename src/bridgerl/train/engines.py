@@ -292,8 +292,10 @@ class DeepSpeedEngine(TorchEngine):
         meta = {"resume_key": key, "world_size": self.env.world_size, "strategy": self.cfg.train.distributed.strategy}
         self.ds.save_checkpoint(str(root), tag=tag, client_state={**meta, **state})
         torch.save(rng, root / tag / f"rng_rank{self.env.rank}.pt")
-        if self.shadow_offload is not None and self.env.is_main:  # the same on every rank
-            torch.save(self._shadow_offload_state(), root / tag / SHADOW_FILE)
+        if self.shadow_offload is not None:
+            state = self._shadow_offload_state()  # all ranks (a sharded optimizer gathers its state on rank 0)
+            if self.env.is_main:
+                torch.save(state, root / tag / SHADOW_FILE)
         barrier()
         if self.env.is_main:
             (root / tag / "bridgerl_checkpoint.json").write_text(json.dumps(meta))
@@ -331,8 +333,14 @@ class DeepSpeedEngine(TorchEngine):
         rng = root / tag / f"rng_rank{self.env.rank}.pt"
         return client, (torch.load(rng, weights_only=False) if rng.exists() else None)
 
-    def _shadow_offload_state(self) -> dict:
-        return {"shadow": self.shadow_offload.state_dict(), "optimizer": self.shadow_offload.optimizer.state_dict()}
+    def _shadow_offload_state(self) -> dict | None:
+        """θ̂ and its optimizer state (whole on rank 0; None elsewhere when the optimizer is sharded)."""
+        opt = self.shadow_offload.optimizer
+        if hasattr(opt, "consolidate_state_dict"):  # ZeroRedundancyOptimizer: gather the shards on rank 0
+            opt.consolidate_state_dict(to=0)
+            if not self.env.is_main:
+                return None
+        return {"shadow": self.shadow_offload.state_dict(), "optimizer": opt.state_dict()}
 
 
 def make_engine(cfg: Config, models: Models, optimizer: torch.optim.Optimizer, env: ProcEnv) -> TorchEngine:

@@ -34,6 +34,7 @@ def training_state(models: Models, optimizer: torch.optim.Optimizer) -> dict[str
         count(p, id(p) in host_ids)
         count(p.grad, id(p) in host_ids)
     own = models.shadow_offload.optimizer if models.shadow_offload is not None else None  # θ̂'s, under ZeRO
+    own = getattr(own, "optim", own)  # ZeroRedundancyOptimizer: this process's shard
     for p, st in [*optimizer.state.items(), *(own.state.items() if own is not None else [])]:
         for v in st.values():
             if torch.is_tensor(v) and v.dim() > 0:

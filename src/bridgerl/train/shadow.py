@@ -11,10 +11,11 @@ copied back to the host parameters and the device copy is released.
   maths is the in-memory shadow's exactly (the same AdamW, the same global-norm clipping over θ, θ̂ and
   w), only in another place.
 - Under ZeRO (DeepSpeedEngine): θ̂ stays outside DeepSpeed. Every rank holds the host copy (in fp32 when
-  the model trains in bf16/fp16, as DeepSpeed's master weights) and steps it with its own optimizer
-  (`optimizer`, the trainer's class and settings, θ's learning rate and schedule); the gradients of
-  the pass are averaged over the ranks on the device before they go to the host, as DeepSpeed averages
-  θ's and w's. One difference: θ̂'s gradient is clipped by its own norm (θ and w by DeepSpeed's), so
+  the model trains in bf16/fp16, as DeepSpeed's master weights); its own optimizer (`optimizer`, the
+  trainer's class and settings, θ's learning rate and schedule) is torch's ZeroRedundancyOptimizer, so
+  each rank keeps and steps a share of the optimizer state and the ranks then exchange θ̂; the
+  gradients of the pass are averaged over the ranks on the device before they go to the host, as
+  DeepSpeed averages θ's and w's. One difference: θ̂'s gradient is clipped by its own norm (θ and w by DeepSpeed's), so
   with clipping that binds the result differs from the in-memory shadow (identical otherwise).
 """
 

@@ -154,17 +154,23 @@ class Trainer:
         groups = [g for g in self.m.param_groups(self.cfg) if g["params"]]
         off = self.m.shadow_offload
         if off is not None and self.cfg.train.distributed.strategy != "none":
-            # under ZeRO the offloaded θ̂ is outside DeepSpeed: its own optimizer (bridgerl.train.shadow)
-            off.optimizer = self._optimizer([g for g in groups if g["name"] == "shadow"])
+            # under ZeRO the offloaded θ̂ is outside DeepSpeed: its own optimizer (bridgerl.train.shadow),
+            # its state sharded over the ranks (each steps its share, then the ranks exchange θ̂)
+            off.optimizer = self._optimizer([g for g in groups if g["name"] == "shadow"], sharded=True)
             groups = [g for g in groups if g["name"] != "shadow"]
         return self._optimizer(groups)
 
-    def _optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
+    def _optimizer(self, groups: list[dict], sharded: bool = False) -> torch.optim.Optimizer:
         t = self.cfg.train
-        if t.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=t.lr_theta)
-        return torch.optim.AdamW(groups, lr=t.lr_theta, weight_decay=t.weight_decay,
-                                 betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps)
+        cls, kw = (torch.optim.SGD, {}) if t.optimizer == "sgd" else \
+            (torch.optim.AdamW, dict(weight_decay=t.weight_decay, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps))
+        if sharded and self.env.world_size > 1:
+            from torch.distributed.optim import ZeroRedundancyOptimizer
+
+            from bridgerl.train.parallel import host_group
+
+            return ZeroRedundancyOptimizer(groups, optimizer_class=cls, process_group=host_group(), lr=t.lr_theta, **kw)
+        return cls(groups, lr=t.lr_theta, **kw)
 
     def planned_steps(self) -> int:
         t = self.cfg.train
