@@ -203,6 +203,8 @@ def test_bridge_under_zero_matches_single_process(runs, strategy):
              for k in ("single", strategy)}
     assert len(norms["single"]) == 3 and all(n > MAX_GRAD_NORM for n in norms["single"])
     assert norms[strategy] == pytest.approx(norms["single"], rel=1e-3)
+    # the ranks' trained tokens add up to one process's (the same global batches, split)
+    assert _curve(runs[strategy], "trained_tokens") == _curve(runs["single"], "trained_tokens")
     # the exported models (θ with w merged) agree too, and are plain transformers models
     from transformers import AutoModelForCausalLM
 
@@ -316,3 +318,32 @@ def test_micro_batches_under_zero_match_single_process(tiny_project, tmp_path, s
     ref = _single_state(single)
     assert _moved(single, ref) > 1e-4
     _assert_same(ref, _zero_state(zero))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["zero2", "zero3"])
+def test_offloaded_shadow_under_zero_matches_single_process(tiny_project, tmp_path, strategy):
+    """train.bridge.shadow_offload under ZeRO: θ̂ outside DeepSpeed (host memory, its own optimizer sharded over
+    the ranks, gradients averaged over the 2 ranks), interrupted after 2 steps and resumed from the checkpoint
+    == one process with the in-memory shadow (clipping not binding: under ZeRO the offloaded θ̂ is clipped by
+    its own norm)."""
+    over = ("train.max_grad_norm=1000",)
+    single = _copy(tiny_project, tmp_path / "single")
+    _train(single, *over)
+    zero = _copy(tiny_project, tmp_path / strategy)
+    args = (*over, f"train.distributed.strategy={strategy}", "train.bridge.shadow_offload=true", COMMS_LOGGER)
+    _train(zero, *args, extra=("--nproc", "2", "--resume", "--max-steps", "2"))
+    _train(zero, *args, extra=("--nproc", "2", "--resume"))
+    ref = _single_state(single)
+    assert _moved(single, ref) > 1e-4
+    got = _zero_state(zero)
+    assert not any(k.startswith("shadow.") for k in got), "DeepSpeed must not hold the offloaded θ̂"
+    tag = (zero / "checkpoints" / "train" / "latest").read_text().strip()
+    host = torch.load(zero / "checkpoints" / "train" / tag / "shadow_offload.pt", weights_only=False)
+    got.update({f"shadow.{k}": v for k, v in host["shadow"].items()})
+    # θ̂'s optimizer state, sharded over the ranks in training, is saved whole: every θ̂ tensor's moments
+    assert len(host["optimizer"]["state"]) == len(host["shadow"]) > 1
+    assert all(st["exp_avg"].abs().max() > 0 for st in host["optimizer"]["state"].values() if "exp_avg" in st)
+    _assert_same(ref, got)
+    assert max(_curve(zero, "grad_norm")) < 1000
+    assert len(_curve(zero, "shadow_grad_norm")) == 3 and max(_curve(zero, "shadow_grad_norm")) > 0

@@ -65,3 +65,18 @@ def test_a_model_dir_of_another_base_is_not_read(tmp_path):
     _, here = _plan("-S", f"model.out_dir={tmp_path}")
     _, table = _plan()
     assert here["training_state_gb"] == table["training_state_gb"] > 20
+
+
+def test_offloaded_shadow_brings_the_paper_preset_to_rl_zero_state():
+    """train.bridge.shadow_offload under ZeRO-3 (4 GPUs): BRIDGE's training state within 1.25x RL-zero's (the
+    issue's goal; 1.90x in memory); what it costs instead is said: the whole θ̂ during its pass, and host memory
+    (fp32 master and gradients of the 3B θ̂ on each process, its AdamW moments sharded)."""
+    _, off = _plan("-S", "train.bridge.shadow_offload=true")
+    _, rl = _plan("-S", "train.method=rl_zero")
+    assert off["training_state_gb"] / rl["training_state_gb"] <= 1.25
+    rows = {r["item"]: r["gb"] for r in off["rows"]}
+    assert rows["shadow θ̂ during its pass"] == pytest.approx(2 * 3.086e9 * 2 / 2**30, rel=0.01)
+    # fp32 weights and gradients on each process, AdamW's moments sharded over the 4 ranks
+    assert off["host_memory_gb"] == pytest.approx(3.086e9 * (8 + 8 / 4) / 2**30, rel=0.01)
+    assert rl["host_memory_gb"] == 0
+    assert off["fits"]

@@ -273,10 +273,3 @@ def test_offloaded_shadow_matches_the_in_memory_shadow(tmp_path):
             h.zero_()
     load_shadow_state(off, sd)
     torch.testing.assert_close(shadow_state(off), shadow_state(ref))
-
-
-def test_shadow_offload_is_one_process_only(tmp_path):
-    from bridgerl.config import ConfigError
-
-    with pytest.raises(ConfigError, match="shadow_offload"):
-        make_cfg(tmp_path, "train.bridge.shadow_offload=true", "train.distributed.strategy=zero3")

@@ -267,8 +267,8 @@ class BridgeConfig(_Section):
     shadow_steps: int = Field(1, ge=1, description="RL steps of the shadow θ̂ per iteration")
     # the shadow's memory (bridgerl.train.shadow, docs/scale.md)
     shadow_offload: bool = Field(False, description=(
-        "keep θ̂ and its optimizer state in CPU memory, on the device only for its pass (one process; "
-        "the exact in-memory shadow is the default)"))
+        "keep θ̂ and its optimizer state in CPU memory, on the device only for its pass (under ZeRO θ̂ "
+        "is then clipped by its own gradient norm; the in-memory shadow is the default)"))
 
 
 _DS_BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
@@ -369,14 +369,6 @@ class TrainConfig(_Section):
     checkpoint_dir: str = Field("checkpoints/train", description="checkpoints for --resume (not a DVC output)")
     metrics_file: str = Field("metrics/train.json", description="final training metrics (DVC metrics)")
     plots_file: str = Field("plots/train_curve.csv", description="the training curve, one row per step (DVC plots)")
-
-    @model_validator(mode="after")
-    def _shadow_offload_alone(self) -> "TrainConfig":
-        if self.bridge.shadow_offload and self.distributed.strategy != "none":
-            raise ValueError("bridge.shadow_offload keeps θ̂ in host memory in one process; under "
-                             f"distributed.strategy = {self.distributed.strategy} DeepSpeed owns the parameters: "
-                             "use distributed.offload instead")
-        return self
 
     @model_validator(mode="after")
     def _minibatches_fit(self) -> "TrainConfig":

@@ -104,6 +104,7 @@ class Plan:
     rollout_gb: float
     gpu_gb: float
     state_gb: float
+    host_gb: float = 0.0  # host memory per process: an offloaded shadow θ̂, offloaded optimizer state
 
     @property
     def fits(self) -> bool:
@@ -112,7 +113,8 @@ class Plan:
     def as_dict(self) -> dict:
         return {"rows": [{"item": r, "gb": round(g, 2), "how": h} for r, g, h in self.rows],
                 "training_state_gb": round(self.state_gb, 2), "training_phase_gb": round(self.train_gb, 2),
-                "rollout_phase_gb": round(self.rollout_gb, 2), "gpu_memory_gb": self.gpu_gb, "fits": self.fits}
+                "rollout_phase_gb": round(self.rollout_gb, 2), "gpu_memory_gb": self.gpu_gb, "fits": self.fits,
+                "host_memory_gb": round(self.host_gb, 2)}
 
     def table(self) -> str:
         w = max(_width(r) for r, _, _ in self.rows)
@@ -122,6 +124,7 @@ class Plan:
                   f"{'training state'.ljust(w)}  {self.state_gb:8.2f}",
                   f"{'peak, training phase'.ljust(w)}  {self.train_gb:8.2f}",
                   f"{'peak, rollout phase'.ljust(w)}  {self.rollout_gb:8.2f}",
+                  f"{'host memory per process'.ljust(w)}  {self.host_gb:8.2f}",
                   f"fits in {self.gpu_gb:g} GiB: {'yes' if self.fits else 'NO'} "
                   f"(headroom {self.gpu_gb - max(self.train_gb, self.rollout_gb):.1f} GiB)"]
         return "\n".join(lines)
@@ -142,23 +145,38 @@ def plan(cfg: Config, gpu_gb: float = 80.0, nproc: int | None = None, prompt_tok
     part_w = W if stage == 3 else 1
     part_go = W if stage >= 2 else 1
     rows: list[tuple[str, float, str]] = []
+    host = 0.0
 
     def add(item, nbytes, how):
         rows.append((item, nbytes / GB, how))
 
-    def trained(name, n, host=False):
-        where = " (host memory)" if host else ""
-        add(f"{name}: weights", 0 if host or (d.offload and stage == 3) else n * b / part_w,
-            f"{n / 1e9:.3f}B x {b} B" + (f" / {part_w} ranks" if part_w > 1 else "") + where)
-        add(f"{name}: gradients", 0 if host else n * b / part_go,
-            f"{b} B" + (f" / {part_go} ranks" if part_go > 1 else "") + where)
-        add(f"{name}: optimizer", 0 if host or d.offload else n * opt_b / part_go,
+    def trained(name, n):
+        nonlocal host
+        add(f"{name}: weights", 0 if d.offload and stage == 3 else n * b / part_w,
+            f"{n / 1e9:.3f}B x {b} B" + (f" / {part_w} ranks" if part_w > 1 else ""))
+        add(f"{name}: gradients", n * b / part_go, f"{b} B" + (f" / {part_go} ranks" if part_go > 1 else ""))
+        add(f"{name}: optimizer", 0 if d.offload else n * opt_b / part_go,
             f"{opt_b} B" + (" (fp32 master + AdamW moments)" if ds else " (AdamW moments)")
-            + (f" / {part_go} ranks" if part_go > 1 else "") + (" (host: offload)" if d.offload else where))
+            + (f" / {part_go} ranks" if part_go > 1 else "") + (" (host: offload)" if d.offload else ""))
+        host += n * opt_b / part_go if d.offload else 0
+
+    def offloaded_shadow(n):
+        """θ̂ in host memory (bridgerl.train.shadow): weights and gradients whole on every process (under ZeRO
+        in fp32, as master weights), the optimizer's moments sharded over the ranks under ZeRO."""
+        nonlocal host
+        master = 4 if ds else b
+        moments = (8 if ds else 2 * b) if t.optimizer == "adamw" else 0
+        shards = W if ds else 1
+        host += n * (2 * master + moments / shards)
+        add("shadow θ̂ (host memory)", 0, f"{n / 1e9:.3f}B x ({2 * master} B weights + gradients"
+            + (f" + {moments} B optimizer" + (f" / {shards} ranks" if shards > 1 else "") if moments else "")
+            + ") in host memory")
 
     trained("policy θ", P)
-    if m.shadow:
-        trained("shadow θ̂", P, host=t.bridge.shadow_offload)
+    if m.shadow and t.bridge.shadow_offload:
+        offloaded_shadow(P)
+    elif m.shadow:
+        trained("shadow θ̂", P)
     if lora:
         trained("LoRA w" if m.trains_w else "LoRA w (frozen)", lora)
     if m.rl and t.grpo.kl_coef > 0:
@@ -187,7 +205,7 @@ def plan(cfg: Config, gpu_gb: float = 80.0, nproc: int | None = None, prompt_tok
     else:
         add("output layer (full logits)", tokens * V * 10, f"{tokens} tokens x {V} x 10 B")
     if m.shadow and t.bridge.shadow_offload:
-        add("shadow θ̂ during its pass", 2 * P * b, "weights + gradients, brought from host memory")
+        add("shadow θ̂ during its pass", 2 * P * b, "weights + gradients, whole, brought from host memory")
     add("reserve (context, NCCL, buckets)", RESERVE_GB * GB, "estimate")
     transient = sum(g for r, g, _ in rows[len(rows) - (4 if m.shadow and t.bridge.shadow_offload else 3):]) * GB
 
@@ -203,7 +221,7 @@ def plan(cfg: Config, gpu_gb: float = 80.0, nproc: int | None = None, prompt_tok
             + ("; freed while training (sleep)" if r.sleep else "; kept while training"))
     train_gb = (state + transient + (0 if r.sleep else share)) / GB
     rollout_gb = (state + share + RESERVE_GB * GB) / GB
-    return Plan(rows, train_gb, rollout_gb, gpu_gb, state / GB)
+    return Plan(rows, train_gb, rollout_gb, gpu_gb, state / GB, host / GB)
 
 
 def main(cfg: Config, gpu_gb: float, nproc: int | None, as_json: bool, prompt_tokens: int = 256) -> tuple[str, bool]:

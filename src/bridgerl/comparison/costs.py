@@ -2,11 +2,12 @@
 (tokens through a forward+backward pass) and optimizer steps, cumulated over iterations, and the cost
 a method needs to reach a target accuracy on each axis.
 
-Generated tokens and optimizer steps are the trainer's own counts (the curve's `generated_tokens` per
-iteration and cumulative `optimizer_steps`). Trained tokens follow from the phase (the iteration's update
-rule), its mean rollout length, the configuration and the update rules (bridgerl.train.updates); so do
-the other two for curves written before the trainer counted them. Per iteration with P prompts × G
-rollouts, D demonstrations, E PPO epochs, M mini-batches and k shadow steps:
+All three are the trainer's own counts where the curve has them (`generated_tokens` and
+`trained_tokens` per iteration, cumulative `optimizer_steps`). For curves written before the trainer
+counted them they follow from the phase (the iteration's update rule), its mean rollout length, the
+configuration and the update rules (bridgerl.train.updates), per iteration with P prompts × G rollouts,
+D demonstrations, E PPO epochs, M mini-batches and k shadow steps (tests/test_comparison_costs.py checks
+both against the trainer):
 
   rule         generated    trained tokens (forward+backward)       optimizer steps
   sft          0            S                                       1
@@ -104,10 +105,10 @@ def cumulative(cfg: Config, method: str, rows: list[dict], tm: TokenMeans) -> li
         if phase and phase != "init":
             rl = row.get("response_length")
             c = iteration_cost(cfg, method, phase, float(rl) if rl not in ("", None) else math.nan, tm)
-            recorded_gen, recorded_steps = row.get("generated_tokens"), row.get("optimizer_steps")
-            total["generated_tokens"] += (float(recorded_gen) if recorded_gen not in ("", None)
-                                          else c["generated_tokens"])
-            total["trained_tokens"] += c["trained_tokens"]
+            for k in ("generated_tokens", "trained_tokens"):
+                recorded = row.get(k)
+                total[k] += float(recorded) if recorded not in ("", None) else c[k]
+            recorded_steps = row.get("optimizer_steps")
             total["optimizer_steps"] = (float(recorded_steps) if recorded_steps not in ("", None)  # cumulative
                                         else total["optimizer_steps"] + c["optimizer_steps"])
         out.append({"step": int(row["step"]), "wall_time_s": float(row.get("wall_time_s") or 0.0), **total})

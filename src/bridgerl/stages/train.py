@@ -23,9 +23,9 @@ from bridgerl.train.models import export
 from bridgerl.train.trainer import Trainer, make_trainer
 
 CURVE_FIELDS = ["step", "wall_time_s", "phase", "reward_mean", "accuracy", "heldout_accuracy", "sft_nll", "kl",
-                "entropy", "response_length", "coop_gain", "lambda", "grad_norm", "loss", "generated_tokens",
-                "batch_tokens", "optimizer_steps", "step_time_s", "rollout_time_s", "engine_logp_abs_diff",
-                "rollout_allgathers", "rollout_allgather_mb"]
+                "entropy", "response_length", "coop_gain", "lambda", "grad_norm", "shadow_grad_norm", "loss",
+                "generated_tokens", "batch_tokens", "trained_tokens", "optimizer_steps", "step_time_s",
+                "rollout_time_s", "engine_logp_abs_diff", "rollout_allgathers", "rollout_allgather_mb"]
 
 
 def _curve_csv(history: list[dict]) -> str:
@@ -43,9 +43,9 @@ def _final_metrics(tr: Trainer) -> dict:
            "rollout_backend": tr.rollout.backend,  # what train.rollout.backend (auto) chose here
            "peak_memory_mb": max((h.get("peak_memory_mb", 0.0) for h in hist), default=0.0),
            "state_memory_mb": max((h.get("state_memory_mb", 0.0) for h in hist), default=0.0)}
-    # cost axes that carry over to scale: tokens generated, tokens in the iterations' batches, optimizer steps
-    # (tokens through forward+backward passes: bridgerl.comparison.costs, from the update rules' passes)
-    for k in ("generated_tokens", "batch_tokens"):
+    # cost axes that carry over to scale: tokens generated, tokens in the iterations' batches, tokens through
+    # forward+backward passes (counted by the update rules: bridgerl.train.updates.Ctx.backward), optimizer steps
+    for k in ("generated_tokens", "batch_tokens", "trained_tokens"):
         out[k] = sum(h.get(k, 0.0) for h in hist)
     if hist and "optimizer_steps" in hist[-1]:
         out["optimizer_steps"] = hist[-1]["optimizer_steps"]

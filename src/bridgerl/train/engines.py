@@ -8,7 +8,8 @@ weights and optimizer, gathering weights (export, the KL reference snapshot) and
 - `TorchEngine`: one process, plain torch. Its checkpoint is `checkpoint_dir/step-NNNNNN/state.pt`
   (bridgerl.train.checkpoint) holding the weights, the optimizer and the trainer's state.
 - `DeepSpeedEngine`: DeepSpeed ZeRO-2/3 (config from params, `ds_config`), one or more processes. ONE
-  DeepSpeed engine trains θ, θ̂ and w (policy and shadow in one container module, the shared LoRA once);
+  DeepSpeed engine trains θ, θ̂ and w (policy and shadow in one container module, the shared LoRA once;
+  an offloaded θ̂ stays outside it, in host memory with its own optimizer: bridgerl.train.shadow);
   the frozen reference is ZeRO-3-partitioned when the policy is; checkpoints go through DeepSpeed's
   `save_checkpoint` / `load_checkpoint` (+ the trainer state as client state, one RNG file per rank);
   export gathers the full weights on rank 0.
@@ -46,6 +47,7 @@ class TorchEngine:
     def __init__(self, cfg: Config, models: Models, optimizer: torch.optim.Optimizer, env: ProcEnv):
         self.cfg, self.models, self.optimizer, self.env = cfg, models, optimizer, env
         self.grad_norm: float | None = None  # total norm before clipping, at the last step
+        self.shadow_grad_norm: float | None = None  # an offloaded θ̂'s own norm under ZeRO (bridgerl.train.shadow)
         self.optimizer_steps = 0  # optimizer steps taken by this process (all of a method's updates)
 
     # -- update ----------------------------------------------------------------------------------
@@ -149,12 +151,16 @@ def ds_config(cfg: Config, world_size: int, dtype: torch.dtype) -> dict:
 
 
 class TrainedModules(nn.Module):
-    """What the one engine trains: the policy (θ, w) and, for BRIDGE, the shadow (θ̂, the same w)."""
+    """What the one engine trains: the policy (θ, w) and, for BRIDGE, the shadow (θ̂, the same w).
+    An offloaded shadow (train.bridge.shadow_offload) is reachable but not a submodule: DeepSpeed neither
+    partitions nor steps θ̂, which lives in host memory with its own optimizer (bridgerl.train.shadow)."""
 
-    def __init__(self, policy: nn.Module, shadow: nn.Module | None):
+    def __init__(self, policy: nn.Module, shadow: nn.Module | None, shadow_outside: bool = False):
         super().__init__()
         self.policy = policy
-        if shadow is not None:
+        if shadow is not None and shadow_outside:
+            object.__setattr__(self, "shadow", shadow)  # a plain attribute, not a registered module
+        elif shadow is not None:
             self.shadow = shadow
 
     def forward(self, *args, which: str = "policy", fn=None, **kwargs):
@@ -181,6 +187,9 @@ class ViaEngine:
         return getattr(self._module, name)
 
 
+SHADOW_FILE = "shadow_offload.pt"  # the offloaded θ̂ and its optimizer in a DeepSpeed checkpoint (rank 0's)
+
+
 class DeepSpeedEngine(TorchEngine):
     """DeepSpeed ZeRO-2/3 on one or more processes."""
 
@@ -194,8 +203,9 @@ class DeepSpeedEngine(TorchEngine):
         dtype = next(models.policy.parameters()).dtype
         self.ds_config = ds_config(cfg, env.world_size, dtype)
         self.plain_policy = models.policy
-        self.ds, _, _, _ = deepspeed.initialize(model=TrainedModules(models.policy, models.shadow),
-                                                optimizer=optimizer, config=self.ds_config)
+        self.shadow_offload = models.shadow_offload
+        trained = TrainedModules(models.policy, models.shadow, shadow_outside=self.shadow_offload is not None)
+        self.ds, _, _, _ = deepspeed.initialize(model=trained, optimizer=optimizer, config=self.ds_config)
         models.policy = ViaEngine(self.ds, "policy", models.policy)
         if models.shadow is not None:
             models.shadow = ViaEngine(self.ds, "shadow", models.shadow)
@@ -210,6 +220,9 @@ class DeepSpeedEngine(TorchEngine):
 
     def step(self) -> None:
         self.ds.step()  # gradient reduction, clipping (global norm), optimizer step, zero_grad
+        if self.shadow_offload is not None:  # θ̂ outside DeepSpeed, at θ's learning rate (same schedule)
+            theta_lr = next(g["lr"] for g in self.optimizer.param_groups if g.get("name") == "theta")
+            self.shadow_grad_norm = self.shadow_offload.step(theta_lr, self.cfg.train.max_grad_norm)
         self.optimizer_steps += 1
         self._clear_stale_accumulation()
         if self.cfg.train.max_grad_norm:
@@ -279,6 +292,10 @@ class DeepSpeedEngine(TorchEngine):
         meta = {"resume_key": key, "world_size": self.env.world_size, "strategy": self.cfg.train.distributed.strategy}
         self.ds.save_checkpoint(str(root), tag=tag, client_state={**meta, **state})
         torch.save(rng, root / tag / f"rng_rank{self.env.rank}.pt")
+        if self.shadow_offload is not None:
+            state = self._shadow_offload_state()  # all ranks (a sharded optimizer gathers its state on rank 0)
+            if self.env.is_main:
+                torch.save(state, root / tag / SHADOW_FILE)
         barrier()
         if self.env.is_main:
             (root / tag / "bridgerl_checkpoint.json").write_text(json.dumps(meta))
@@ -309,8 +326,21 @@ class DeepSpeedEngine(TorchEngine):
         path, client = self.ds.load_checkpoint(str(root), tag=tag, load_lr_scheduler_states=False)
         if path is None:
             raise ValueError(f"{root / tag}: DeepSpeed could not load this checkpoint")
+        if self.shadow_offload is not None:
+            sd = torch.load(root / tag / SHADOW_FILE, map_location="cpu", weights_only=False)
+            self.shadow_offload.load_state_dict(sd["shadow"])
+            self.shadow_offload.optimizer.load_state_dict(sd["optimizer"])
         rng = root / tag / f"rng_rank{self.env.rank}.pt"
         return client, (torch.load(rng, weights_only=False) if rng.exists() else None)
+
+    def _shadow_offload_state(self) -> dict | None:
+        """θ̂ and its optimizer state (whole on rank 0; None elsewhere when the optimizer is sharded)."""
+        opt = self.shadow_offload.optimizer
+        if hasattr(opt, "consolidate_state_dict"):  # ZeroRedundancyOptimizer: gather the shards on rank 0
+            opt.consolidate_state_dict(to=0)
+            if not self.env.is_main:
+                return None
+        return {"shadow": self.shadow_offload.state_dict(), "optimizer": opt.state_dict()}
 
 
 def make_engine(cfg: Config, models: Models, optimizer: torch.optim.Optimizer, env: ProcEnv) -> TorchEngine:

@@ -33,7 +33,9 @@ def training_state(models: Models, optimizer: torch.optim.Optimizer) -> dict[str
     for p in [p for m in modules for p in m.parameters()] + host_params:
         count(p, id(p) in host_ids)
         count(p.grad, id(p) in host_ids)
-    for p, st in optimizer.state.items():
+    own = models.shadow_offload.optimizer if models.shadow_offload is not None else None  # θ̂'s, under ZeRO
+    own = getattr(own, "optim", own)  # ZeroRedundancyOptimizer: this process's shard
+    for p, st in [*optimizer.state.items(), *(own.state.items() if own is not None else [])]:
         for v in st.values():
             if torch.is_tensor(v) and v.dim() > 0:
                 count(v, id(p) in host_ids)

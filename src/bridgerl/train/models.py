@@ -112,7 +112,9 @@ def build_models(cfg: Config, base: nn.Module, for_export: bool = False) -> Mode
     if shadow is not None and t.bridge.shadow_offload:
         from bridgerl.train.shadow import ShadowOffload
 
-        offload = ShadowOffload(shadow, lambda n: not _is_lora(n))
+        # under ZeRO the host copy is θ̂'s master weights (fp32, as DeepSpeed keeps θ's)
+        master = torch.float32 if t.distributed.strategy != "none" else None
+        offload = ShadowOffload(shadow, lambda n: not _is_lora(n), master_dtype=master)
         shadow_theta = offload.host  # what the optimizer steps: θ̂ in host memory
     return Models(policy=policy, shadow=shadow, ref=ref, theta=theta, shadow_theta=shadow_theta, lora=lora,
                   shadow_offload=offload)

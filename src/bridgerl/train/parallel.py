@@ -20,7 +20,8 @@ import torch
 
 from bridgerl.config import Config, ConfigError
 
-SUM_METRICS = ("tokens_per_s", "generated_tokens", "batch_tokens", "rollout_allgathers", "rollout_allgather_mb")
+SUM_METRICS = ("tokens_per_s", "generated_tokens", "batch_tokens", "trained_tokens", "rollout_allgathers",
+               "rollout_allgather_mb")
 MAX_METRICS = ("peak_memory_mb", "step_time_s", "wall_time_s", "rollout_time_s", "optimizer_steps")
 
 
@@ -94,6 +95,18 @@ def all_reduce(values: list[float], op: str = "sum") -> list[float]:
     return t.cpu().tolist()
 
 
+_HOST_GROUP: list = []
+
+
+def host_group():
+    """A process group for collectives on host (CPU) tensors: the default one under gloo, else a gloo group
+    over the same ranks (made once; every rank must call this, in the same order)."""
+    if not _HOST_GROUP:
+        gloo = torch.distributed.get_backend() == "gloo"
+        _HOST_GROUP.append(None if gloo else torch.distributed.new_group(backend="gloo"))
+    return _HOST_GROUP[0]
+
+
 def barrier() -> None:
     if is_distributed():
         torch.distributed.barrier()
@@ -123,6 +136,7 @@ def close() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+        _HOST_GROUP.clear()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -151,12 +151,26 @@ class Trainer:
 
     # -- setup ---------------------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        t = self.cfg.train
         groups = [g for g in self.m.param_groups(self.cfg) if g["params"]]
-        if t.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=t.lr_theta)
-        return torch.optim.AdamW(groups, lr=t.lr_theta, weight_decay=t.weight_decay,
-                                 betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps)
+        off = self.m.shadow_offload
+        if off is not None and self.cfg.train.distributed.strategy != "none":
+            # under ZeRO the offloaded θ̂ is outside DeepSpeed: its own optimizer (bridgerl.train.shadow),
+            # its state sharded over the ranks (each steps its share, then the ranks exchange θ̂)
+            off.optimizer = self._optimizer([g for g in groups if g["name"] == "shadow"], sharded=True)
+            groups = [g for g in groups if g["name"] != "shadow"]
+        return self._optimizer(groups)
+
+    def _optimizer(self, groups: list[dict], sharded: bool = False) -> torch.optim.Optimizer:
+        t = self.cfg.train
+        cls, kw = (torch.optim.SGD, {}) if t.optimizer == "sgd" else \
+            (torch.optim.AdamW, dict(weight_decay=t.weight_decay, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps))
+        if sharded and self.env.world_size > 1:
+            from torch.distributed.optim import ZeroRedundancyOptimizer
+
+            from bridgerl.train.parallel import host_group
+
+            return ZeroRedundancyOptimizer(groups, optimizer_class=cls, process_group=host_group(), lr=t.lr_theta, **kw)
+        return cls(groups, lr=t.lr_theta, **kw)
 
     def planned_steps(self) -> int:
         t = self.cfg.train
@@ -267,6 +281,7 @@ class Trainer:
         self.m.policy.train()
         metrics: dict = {"step": self.step + 1}
         tokens = 0
+        trained_before = self.ctx.trained_tokens
         rl = sft = None
         lam = None
         if phase != "sft":
@@ -281,6 +296,8 @@ class Trainer:
         metrics.update(UPDATES[phase](self.ctx, rl, sft, lam))
         if self.engine.grad_norm is not None:
             metrics["grad_norm"] = self.engine.grad_norm
+        if self.engine.shadow_grad_norm is not None:
+            metrics["shadow_grad_norm"] = self.engine.shadow_grad_norm
         self.scheduler.step()
         dt = time.perf_counter() - t0
         self.step += 1
@@ -288,6 +305,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             metrics[f"lr_{group.get('name', 'theta')}"] = group["lr"]
         metrics.update(step_time_s=dt, tokens_per_s=tokens / dt if dt > 0 else 0.0, batch_tokens=float(tokens),
+                       trained_tokens=float(self.ctx.trained_tokens - trained_before),
                        optimizer_steps=float(self.engine.optimizer_steps), peak_memory_mb=peak_memory_mb(),
                        state_memory_mb=state_memory_mb(self.m, self.optimizer),
                        wall_time_s=self.elapsed, phase=phase)

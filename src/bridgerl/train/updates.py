@@ -1,7 +1,7 @@
 """The update rules: what one iteration of each method computes, over an engine (bridgerl.train.engines).
 
 GRPO's loss is `bridgerl.train.losses.grpo_loss`; SFT's objective is `losses.sft_objective`. A rule
-computes losses with the models, calls `engine.backward` (BRIDGE: twice, accumulating) and
+computes losses with the models, calls `ctx.backward` (the engine's backward; BRIDGE: twice, accumulating) and
 `engine.step()` (clip, optimizer step, zero the gradients), once per mini-batch and PPO epoch. Which
 method uses which rule is the table in bridgerl.train.methods (`Method.update`).
 
@@ -43,10 +43,16 @@ class Ctx:
     models: Models
     engine: object  # bridgerl.train.engines.TorchEngine or DeepSpeedEngine
     cfg: Config
+    trained_tokens: int = 0  # tokens through forward+backward passes on this process, cumulative
 
     @property
     def method(self):
         return METHODS[self.cfg.train.method]
+
+    def backward(self, loss: torch.Tensor, batch: SeqBatch) -> None:
+        """The engine's backward of `loss`, computed on `batch` (counted in `trained_tokens`)."""
+        self.engine.backward(loss)
+        self.trained_tokens += batch.n_tokens
 
 
 @contextlib.contextmanager
@@ -176,7 +182,7 @@ def sft_update(ctx: Ctx, rl: SeqBatch | None, sft: SeqBatch, lam: float | None =
     st = _Stats()
     for mic in _micro(ctx, sft, rl=False):
         j = sft_term(ctx.models.policy, mic.batch, ctx.cfg)
-        ctx.engine.backward(-j)
+        ctx.backward(-j, mic.batch)
         st.add(sft_nll=-j.item())
     ctx.engine.step()
     return {"sft_nll": st.v["sft_nll"], "loss": st.v["sft_nll"]}
@@ -188,7 +194,7 @@ def rl_update(ctx: Ctx, rl: SeqBatch, sft: SeqBatch | None = None, lam: float | 
         st = _Stats()
         for mic in _micro(ctx, mb, rl=True):
             out, _, ent = grpo_term(ctx.models.policy, mic.batch, ctx.cfg, with_entropy=True)
-            ctx.engine.backward(out.loss)
+            ctx.backward(out.loss, mic.batch)
             _rl_stats(st, mic, out, ent)
         ctx.engine.step()
         stats = {**st.v, "loss": st.v["rl_loss"]}
@@ -210,11 +216,11 @@ def mixed_update(ctx: Ctx, rl: SeqBatch, sft: SeqBatch, lam: float | None = None
         st = _Stats()
         for mic in _micro(ctx, mb, rl=True):
             out, _, ent = grpo_term(ctx.models.policy, mic.batch, ctx.cfg, with_entropy=True)
-            ctx.engine.backward((1 - mu) * out.loss)
+            ctx.backward((1 - mu) * out.loss, mic.batch)
             _rl_stats(st, mic, out, ent)
         for mic in _micro(ctx, smb, rl=False):
             j = sft_term(ctx.models.policy, mic.batch, ctx.cfg)
-            ctx.engine.backward(-mu * j)
+            ctx.backward(-mu * j, mic.batch)
             st.add(sft_nll=-j.item())
         ctx.engine.step()
         stats = {**st.v, "loss": (1 - mu) * st.v["rl_loss"] + mu * st.v["sft_nll"]}
@@ -236,20 +242,20 @@ def bridge_backward(ctx: Ctx, rl: SeqBatch, sft: SeqBatch, lam: float, old_logp:
     st = _Stats()
     for mic in _micro(ctx, sft, rl=False):
         j = sft_term(m.policy, mic.batch, cfg)
-        ctx.engine.backward(-(1 - lam) * j)
+        ctx.backward(-(1 - lam) * j, mic.batch)
         st.add(sft_nll=-j.item())
     with m.shadow_pass():  # θ̂ on the device for all its micro-batches (offloaded: brought in once)
         for mic in _micro(ctx, _with_old(rl, old_logp), rl=True):
             mb = mic.batch
             rl_out, logp, ent = grpo_term(m.policy, mb, cfg, with_entropy=True)
-            ctx.engine.backward(lam * rl_out.loss)
+            ctx.backward(lam * rl_out.loss, mic.batch)
             _rl_stats(st, mic, rl_out, ent)
             if m.shadow is not None:
                 behaviour = mb.extras.get("old_logp", logp.detach())
                 handles = [p.register_hook(lambda g, lam=lam: -lam * g) for p in m.lora if p.requires_grad]
                 try:
                     sh_out, _, _ = grpo_term(m.shadow, mb, cfg, old_logp=behaviour)
-                    ctx.engine.backward(sh_out.loss)
+                    ctx.backward(sh_out.loss, mic.batch)
                 finally:
                     for h in handles:
                         h.remove()
@@ -274,7 +280,7 @@ def shadow_only_backward(ctx: Ctx, rl: SeqBatch, old_logp: torch.Tensor) -> floa
         with m.shadow_pass():
             for mic in _micro(ctx, _with_old(rl, old_logp), rl=True):
                 out, _, _ = grpo_term(m.shadow, mic.batch, ctx.cfg)
-                ctx.engine.backward(out.loss)
+                ctx.backward(out.loss, mic.batch)
                 total += out.loss.item()
     finally:
         for p, r in zip(m.lora, req):
