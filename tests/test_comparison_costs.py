@@ -51,13 +51,27 @@ def test_passes_match_the_trainer(tiny_project, method, extra):
                    "train.demo_batch=2", *extra)
     tr = make_trainer(cfg, device="cpu")
     seen = _count(tr)
+    history = []  # the curve's rows (the train stage writes what train_step returns)
     for _ in range(2):  # cold start: an SFT iteration, then an RL one
         phase = tr.phase(tr.step)
         before = dict(seen)
         metrics = tr.train_step()
+        history.append(metrics)
         rl_passes, sft_passes, steps = costs.passes(cfg, method, phase)
         R, S = seen["R"] - before["R"], seen["S"] - before["S"]
         assert seen["steps"] - before["steps"] == steps, phase
         assert seen["tokens"] - before["tokens"] == rl_passes * R + sft_passes * S, phase
         # the trainer's own count (bridgerl.train.updates.Ctx.backward) is the same
         assert metrics["trained_tokens"] == seen["tokens"] - before["tokens"] > 0, phase
+    # the trainer's own counts (curve columns) agree with the formulas, and the cumulated costs read them
+    rows = [{k: ("" if v is None else v) for k, v in h.items()} for h in history]
+    for h in rows:
+        derived = costs.iteration_cost(cfg, method, h["phase"], float(h.get("response_length") or "nan"),
+                                       costs.TokenMeans(0.0, 0.0))
+        assert float(h.get("generated_tokens") or 0.0) == pytest.approx(derived["generated_tokens"]), h["phase"]
+    cum = costs.cumulative(cfg, method, rows, costs.TokenMeans(0.0, 0.0))
+    assert cum[-1]["optimizer_steps"] == seen["steps"] == tr.engine.optimizer_steps
+    assert cum[-1]["generated_tokens"] == sum(float(h.get("generated_tokens") or 0.0) for h in rows)
+    assert cum[-1]["trained_tokens"] == seen["tokens"]  # recorded (the formula without token means gives 0)
+    rows[-1]["optimizer_steps"] = 99  # a recorded count wins over the formula
+    assert costs.cumulative(cfg, method, rows, costs.TokenMeans(0.0, 0.0))[-1]["optimizer_steps"] == 99

@@ -12,71 +12,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import FAST, REPO, make_cfg, path_overrides, run_cli
+from conftest import FAST, REPO, MlflowServer, _free_port, make_cfg, path_overrides, run_cli
 
 from bridgerl import registry
 from bridgerl.stages import register
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MlflowServer:
-    """`mlflow server` with a SQLite store and a local artifact root, in its own process group."""
-
-    def __init__(self, root: Path):
-        self.root, self.port, self.proc = root, _free_port(), None
-        self.uri = f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 240.0) -> None:
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-               "OMP_NUM_THREADS": "1"}
-        self.log = open(self.root / "server.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-             "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1"],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited ({self.proc.returncode}):\n{self._tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"mlflow server not healthy after {timeout}s:\n{self._tail()}")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)  # the group this fixture started (uvicorn + its worker)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        self.log.close()
-
-    def _tail(self) -> str:
-        return (self.root / "server.log").read_text(errors="replace")[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -387,7 +333,6 @@ def test_readme_serving_snippet_works_as_written(in_project):
     """The README's serving snippet, run as written from a project whose default local store holds a
     champion: it answers, and leaves no stray `mlflow.db` (MLflow 3's own default store)."""
     import re
-    import subprocess
 
     snippet = re.search(r"```python\n(import mlflow\n.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
     name = re.search(r"models:/([\w-]+)@champion", snippet).group(1)

@@ -2,9 +2,12 @@
 (tokens through a forward+backward pass) and optimizer steps, cumulated over iterations, and the cost
 a method needs to reach a target accuracy on each axis.
 
-The trainer records per iteration the phase (its update rule) and the mean rollout length; the rest
-follows from the configuration and the update rules (bridgerl.train.updates), per iteration with
-P prompts × G rollouts, D demonstrations, E PPO epochs, M mini-batches and k shadow steps:
+All three are the trainer's own counts where the curve has them (`generated_tokens` and
+`trained_tokens` per iteration, cumulative `optimizer_steps`). For curves written before the trainer
+counted them they follow from the phase (the iteration's update rule), its mean rollout length, the
+configuration and the update rules (bridgerl.train.updates), per iteration with P prompts × G rollouts,
+D demonstrations, E PPO epochs, M mini-batches and k shadow steps (tests/test_comparison_costs.py checks
+both against the trainer):
 
   rule         generated    trained tokens (forward+backward)       optimizer steps
   sft          0            S                                       1
@@ -93,7 +96,8 @@ def iteration_cost(cfg: Config, method: str, phase: str, response_length: float,
 
 
 def cumulative(cfg: Config, method: str, rows: list[dict], tm: TokenMeans) -> list[dict]:
-    """Per curve row (step 0 = before training): the cumulative cost on every axis so far."""
+    """Per curve row (step 0 = before training): the cumulative cost on every axis so far (the trainer's
+    counts where the row has them, else derived: module docstring)."""
     total = {"generated_tokens": 0.0, "trained_tokens": 0.0, "optimizer_steps": 0.0}
     out = []
     for row in rows:
@@ -101,8 +105,12 @@ def cumulative(cfg: Config, method: str, rows: list[dict], tm: TokenMeans) -> li
         if phase and phase != "init":
             rl = row.get("response_length")
             c = iteration_cost(cfg, method, phase, float(rl) if rl not in ("", None) else math.nan, tm)
-            for k in total:
-                total[k] += c[k]
+            for k in ("generated_tokens", "trained_tokens"):
+                recorded = row.get(k)
+                total[k] += float(recorded) if recorded not in ("", None) else c[k]
+            recorded_steps = row.get("optimizer_steps")
+            total["optimizer_steps"] = (float(recorded_steps) if recorded_steps not in ("", None)  # cumulative
+                                        else total["optimizer_steps"] + c["optimizer_steps"])
         out.append({"step": int(row["step"]), "wall_time_s": float(row.get("wall_time_s") or 0.0), **total})
     return out
 

@@ -62,8 +62,12 @@ def render(cfg: Config, results: dict, stats: dict, meta: dict) -> str:
     arms = stats["arms"]
     n = len(meta["seeds"])
     preset = f" --preset {meta['preset']}" if meta.get("preset") else ""
+    from bridgerl.train.methods import METHOD_NAMES
+
+    methods = meta.get("methods") or list(METHOD_NAMES)
+    subset = f" --methods {','.join(methods)}" if list(methods) != list(METHOD_NAMES) else ""
     L = ["# Method comparison", "",
-         f"Command: `bridgerl compare{preset} --seeds {','.join(map(str, meta['seeds']))}`"
+         f"Command: `bridgerl compare{preset}{subset} --seeds {','.join(map(str, meta['seeds']))}`"
          + "".join(f" `--sweep {m}:{k}={','.join(map(str, v))}`" for m, k, v in meta.get("sweeps", [])) + ".",
          f"Setting: {setting(cfg, meta)}.",
          "Every seed shares the data, base model and demonstrations across methods (paired by seed); accuracy "
@@ -82,7 +86,7 @@ def render(cfg: Config, results: dict, stats: dict, meta: dict) -> str:
               f"needs no normality, but with {n} seeds its smallest possible p is {2 / 2 ** n:.3f}."]
     else:
         L += ["No paired comparison: the report needs bridge and at least one of cold_start, "
-              "bridge_frozen_w, mixed (or a sweep)."]
+              "bridge_frozen_w, mixed, alternating (or a sweep)."]
     L += ["", "## Accuracy and cost per method", "",
           "| method | " + " | ".join(f"{b} (%)" for b in benches) + " | final held-out (%) | "
           + " | ".join(AXES.values()) + " | training-state memory (MB) |",
@@ -123,14 +127,17 @@ def render(cfg: Config, results: dict, stats: dict, meta: dict) -> str:
     else:
         L += ["No arm with a shadow θ̂ ran, so the gain is not defined here."]
     runs = [run["run"] for r in results.values() for run in r["runs"] if run.get("run")]
+    backends = sorted({run["rollout_backend"] for r in results.values() for run in r["runs"] if run.get("rollout_backend")})
     L += ["", "## Curves", "", "![held-out accuracy vs iteration](heldout_vs_step.png)", "",
           "![held-out accuracy vs cost](heldout_vs_cost.png)", "",
           "## Machine", "",
           f"{meta.get('cpus')} CPUs; load average (1, 5, 15 min) {meta.get('load_avg_start')} at the start, "
-          f"{meta.get('load_avg_end')} at the end of the last invocation, which took "
-          f"{meta.get('wall_s', 0) / 60:.1f} min (runs finished earlier are reused). The {len(runs)} runs took "
+          f"{meta.get('load_avg_end')} at the end of the last invocation that trained runs, "
+          f"which took {meta.get('wall_s', 0) / 60:.1f} min (runs finished before it are reused). The {len(runs)} runs took "
           f"{sum(x['wall_s'] for x in runs) / 60:.1f} min of wall time and {sum(x['cpu_s'] for x in runs) / 60:.1f} "
-          "min of CPU time in all (training and evaluation; per run, with the load: runs/*/run.json).", ""]
+          "min of CPU time in all (training and evaluation, finished child processes included; per run, with the load: "
+          "runs/*/run.json)." + (f" Rollouts generated with {' and '.join(backends)} (train.rollout.backend)."
+                                 if backends else ""), ""]
     return "\n".join(L)
 
 

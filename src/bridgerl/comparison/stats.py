@@ -96,10 +96,10 @@ def verdict(c: Paired, unit: str = "points", scale: float = 100.0, alpha: float 
     p = c.p_holm if not math.isnan(c.p_holm) else c.p_t
     if d.n < 2 or math.isnan(p):
         return f"{c.a} vs {c.b}: too few seeds to tell ({d.n})"
-    holm_s = f", Holm {c.p_holm:.3f}" if not math.isnan(c.p_holm) else ""
+    holm_s = f", Holm {_p(c.p_holm)}" if not math.isnan(c.p_holm) else ""
     span = f"{scale * d.mean:+.1f} {unit} (95% CI {scale * d.lo:+.1f} to {scale * d.hi:+.1f}; " \
-           f"{c.wins}/{d.n} seeds better, {c.losses} worse; paired t p = {c.p_t:.3f}{holm_s}; " \
-           f"Wilcoxon p = {c.p_wilcoxon:.3f})"
+           f"{c.wins}/{d.n} seeds better, {c.losses} worse; paired t p {_p(c.p_t, '= ')}{holm_s}; " \
+           f"Wilcoxon p {_p(c.p_wilcoxon, '= ')})"
     if p < alpha and d.mean > 0:
         return f"{c.a} beats {c.b} by {span}."
     if p < alpha and d.mean < 0:
@@ -120,3 +120,8 @@ def band(curves: list[list[float]], level: float = LEVEL) -> list[Interval]:
     """Pointwise mean and t-interval of equally long curves (one per seed)."""
     n = min((len(c) for c in curves), default=0)
     return [mean_ci([c[i] for c in curves], level) for i in range(n)]
+
+
+def _p(p: float, eq: str = "") -> str:
+    """A p-value as the report prints it: three decimals, or < 0.001."""
+    return "< 0.001" if p < 0.001 else f"{eq}{p:.3f}"

@@ -31,8 +31,10 @@ from bridgerl.io import read_json, write_json
 from bridgerl.train.methods import METHOD_NAMES, METHODS
 
 DEFAULT_SEEDS = [0, 1, 2, 3, 4]
-# the questions the report answers: BRIDGE against each of these, paired by seed
-KEY_COMPARISONS = [("bridge", "cold_start"), ("bridge", "bridge_frozen_w"), ("bridge", "mixed")]
+# the questions the report answers: BRIDGE against each of these, paired by seed (the issue's three, and
+# alternating, the strongest baseline on the headroom task)
+KEY_COMPARISONS = [("bridge", "cold_start"), ("bridge", "bridge_frozen_w"), ("bridge", "mixed"),
+                   ("bridge", "alternating")]
 
 
 @dataclass(frozen=True)
@@ -166,24 +168,34 @@ def _load_avg() -> list[float]:
         return []
 
 
-def _one_run(rc: Config, progress: bool) -> None:
-    """Train and evaluate one (arm, seed), unless OUT/runs/... already holds it for this configuration."""
+def _cpu_s() -> float:
+    """CPU seconds of this process and of its finished children (a rollout engine's own processes)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _one_run(rc: Config, progress: bool) -> bool:
+    """Train and evaluate one (arm, seed), unless OUT/runs/... already holds it for this configuration
+    (then False)."""
     from bridgerl.stages import evaluate, train
 
     run_dir = Path(rc.train.metrics_file).parent
     done = run_dir / "run.json"
     key = rc.model_copy(update={"threads": None}).digest()  # threads never change a result
     if done.exists() and read_json(done).get("config_digest") == key:
-        return
-    t0, cpu0, load0 = time.perf_counter(), time.process_time(), _load_avg()
+        return False
+    t0, cpu0, load0 = time.perf_counter(), _cpu_s(), _load_avg()
     train.run(rc, progress=progress)
     evaluate.run(rc, progress=progress)
     shutil.rmtree(rc.train.out_dir, ignore_errors=True)
     shutil.rmtree(rc.train.checkpoint_dir, ignore_errors=True)
     shutil.rmtree(rc.eval.out_dir, ignore_errors=True)
     write_json(done, {"config_digest": key, "threads": rc.threads, "wall_s": round(time.perf_counter() - t0, 1),
-                      "cpu_s": round(time.process_time() - cpu0, 1), "load_avg_start": load0,
+                      "cpu_s": round(_cpu_s() - cpu0, 1), "load_avg_start": load0,
                       "load_avg_end": _load_avg()})
+    return True
 
 
 def _collect(rc: Config, arm: Arm, tm) -> dict:
@@ -199,38 +211,89 @@ def _collect(rc: Config, arm: Arm, tm) -> dict:
     coop = [[int(r["step"]), float(r["coop_gain"])] for r in rows if r.get("coop_gain") not in ("", None)]
     return {"accuracy": {b: m["accuracy"] for b, m in ev["benchmarks"].items()},
             "wall_time_s": final["wall_time_s"], "peak_memory_mb": final["peak_memory_mb"],
-            "state_memory_mb": final["state_memory_mb"], "curve": curve, "coop_gain": coop,
+            "state_memory_mb": final["state_memory_mb"], "rollout_backend": final.get("rollout_backend"),
+            "curve": curve, "coop_gain": coop,
             "totals": {k: cum[-1][k] for k in costs.AXES} if cum else {}, "run": run}
 
 
-def _worker_init() -> None:
-    """A worker stops when the comparison that started it dies (killed, interrupted): no orphan runs."""
+def _worker(tasks, results) -> None:
+    """A worker process: runs (index, config) tasks until it gets None; reports (index, error or None).
+
+    Workers are not daemonic (a multiprocessing Pool's are), so a run can start processes of its own
+    (vLLM's engine core); a worker stops when the comparison that started it dies (killed, interrupted),
+    and SIGTERM unwinds it like Ctrl-C (temporary outputs removed)."""
+    import signal
+    import traceback
+
     from bridgerl import parent_watch
 
+    def on_sigterm(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     parent_watch.install("compare (worker)")
+    while (task := tasks.get()) is not None:
+        i, rc = task
+        try:
+            results.put((i, _one_run(rc, False), None))
+        except Exception:
+            results.put((i, False, traceback.format_exc()))
+            return
 
 
-def _run_all(todo: list, jobs: int, progress: bool) -> None:
-    """Every (arm, seed) run, one after the other or in `jobs` processes (runs are independent)."""
+def _run_all(todo: list, jobs: int, progress: bool) -> int:
+    """Every (arm, seed) run, one after the other or in `jobs` worker processes (runs are independent);
+    returns how many were trained (not reused). The first failed run stops the comparison (runs finished
+    before it are kept and reused next time)."""
+    import multiprocessing as mp
+    import queue
+
     n = len(todo)
     if jobs <= 1:
+        trained = 0
         for i, (arm, seed, rc) in enumerate(todo, 1):
             print(f"compare: run {i}/{n}: {arm.label}, seed {seed}", flush=True)
-            _one_run(rc, progress)
-        return
-    import multiprocessing as mp
-
-    # a Pool, not a ProcessPoolExecutor: leaving the block on an error or a signal terminates the workers
-    with mp.get_context("spawn").Pool(jobs, initializer=_worker_init) as pool:
-        tasks = [(arm, seed, rc, False) for arm, seed, rc in todo]
-        for i, (arm, seed) in enumerate(pool.imap_unordered(_one_task, tasks), 1):
-            print(f"compare: {i}/{n} runs done (last: {arm.label}, seed {seed})", flush=True)
-
-
-def _one_task(task: tuple) -> tuple:
-    arm, seed, rc, progress = task
-    _one_run(rc, progress)
-    return arm, seed
+            trained += _one_run(rc, progress)
+        return trained
+    ctx = mp.get_context("spawn")
+    tasks, results = ctx.Queue(), ctx.Queue()
+    for i, (_, _, rc) in enumerate(todo):
+        tasks.put((i, rc))
+    workers = [ctx.Process(target=_worker, args=(tasks, results), name=f"compare-worker-{k}")
+               for k in range(min(jobs, n))]
+    for w in workers:
+        tasks.put(None)
+        w.start()
+    trained = 0
+    try:
+        for done in range(1, n + 1):
+            while True:
+                try:
+                    i, ran, err = results.get(timeout=2.0)
+                    break
+                except queue.Empty:
+                    dead = [w for w in workers if w.exitcode not in (None, 0)]
+                    if dead:
+                        raise RuntimeError(f"compare: worker {dead[0].name} died (exit code {dead[0].exitcode}) "
+                                           "during a run") from None
+            arm, seed, _ = todo[i]
+            if err:
+                raise RuntimeError(f"compare: run {arm.label}, seed {seed} failed:\n{err}")
+            trained += ran
+            print(f"compare: {done}/{n} runs done (last: {arm.label}, seed {seed})", flush=True)
+        for w in workers:
+            w.join(30)
+        return trained
+    finally:  # on an error or a signal: stop the other runs too
+        for w in workers:
+            if w.is_alive():
+                w.terminate()
+        for w in workers:
+            w.join(30)
+            if w.is_alive():
+                w.kill()
+                w.join()
+        tasks.cancel_join_thread()
 
 
 def run(cfg: Config, methods: list[str] | None = None, seeds: list[int] | None = None,
@@ -263,7 +326,7 @@ def run(cfg: Config, methods: list[str] | None = None, seeds: list[int] | None =
 
         for _, _, rc in todo:
             rc.threads = max(1, available_cores() // jobs)
-    _run_all(todo, jobs, progress)
+    trained = _run_all(todo, jobs, progress)
     results: dict = {}
     for arm, seed, rc in todo:
         r = results.setdefault(arm.label, {"method": arm.method, "overrides": arm.overrides, "seeds": [], "runs": []})
@@ -271,7 +334,11 @@ def run(cfg: Config, methods: list[str] | None = None, seeds: list[int] | None =
         r["runs"].append(_collect(rc, arm, tm))
     meta = {"seeds": seeds, "base_accuracy": base_acc, "token_means": vars(tm), "wall_s": round(time.perf_counter() - t0),
             "load_avg_start": load0, "load_avg_end": _load_avg(), "cpus": os.cpu_count(),
-            "preset": cfg.preset, "sweeps": [list(x) for x in sweeps or []]}
+            "preset": cfg.preset, "methods": methods, "sweeps": [list(x) for x in sweeps or []]}
+    earlier = out / "results.json"
+    if not trained and earlier.exists():  # nothing trained now: the time and load of the invocation that did
+        before = json.loads(earlier.read_text()).get("meta", {})
+        meta.update({k: before[k] for k in ("wall_s", "load_avg_start", "load_avg_end") if k in before})
     return finish(cfg, results, meta, out)
 
 
