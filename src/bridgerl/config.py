@@ -259,7 +259,8 @@ class GrpoConfig(_Section):
 class BridgeConfig(_Section):
     lam: float = Field(
         0.5, ge=0.0, le=1.0, description=(
-            "λ: weight of the SFT term in the cooperative objective (schedules end here)"))
+            "λ: the penalty weight, f = (1−λ)·J_SFT(θ,w) + λ·[J_RL(θ,w) − J_RL(θ̂,w)]: 0 = SFT only, 1 = no SFT "
+            "(schedules end here)"))
     lam_schedule: Literal["constant", "linear", "epoch_step"] = Field(
         "constant", description="constant, linear (lam_start → lam over training) or epoch_step")
     lam_start: float = Field(0.1, ge=0.0, le=1.0, description="schedules go from lam_start to lam")
