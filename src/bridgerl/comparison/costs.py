@@ -95,6 +95,12 @@ def iteration_cost(cfg: Config, method: str, phase: str, response_length: float,
             "trained_tokens": rl_passes * R + sft_passes * S, "optimizer_steps": float(steps)}
 
 
+def _recorded(row: dict, key: str, derived: float) -> float:
+    """The curve's value of `key` in this row, else `derived` (curves from before the trainer counted it)."""
+    v = row.get(key)
+    return float(v) if v not in ("", None) else derived
+
+
 def cumulative(cfg: Config, method: str, rows: list[dict], tm: TokenMeans) -> list[dict]:
     """Per curve row (step 0 = before training): the cumulative cost on every axis so far (the trainer's
     counts where the row has them, else derived: module docstring)."""
@@ -103,14 +109,11 @@ def cumulative(cfg: Config, method: str, rows: list[dict], tm: TokenMeans) -> li
     for row in rows:
         phase = row.get("phase") or ""
         if phase and phase != "init":
-            rl = row.get("response_length")
-            c = iteration_cost(cfg, method, phase, float(rl) if rl not in ("", None) else math.nan, tm)
+            c = iteration_cost(cfg, method, phase, _recorded(row, "response_length", math.nan), tm)
             for k in ("generated_tokens", "trained_tokens"):
-                recorded = row.get(k)
-                total[k] += float(recorded) if recorded not in ("", None) else c[k]
-            recorded_steps = row.get("optimizer_steps")
-            total["optimizer_steps"] = (float(recorded_steps) if recorded_steps not in ("", None)  # cumulative
-                                        else total["optimizer_steps"] + c["optimizer_steps"])
+                total[k] += _recorded(row, k, c[k])
+            # the trainer records optimizer steps cumulatively
+            total["optimizer_steps"] = _recorded(row, "optimizer_steps", total["optimizer_steps"] + c["optimizer_steps"])
         out.append({"step": int(row["step"]), "wall_time_s": float(row.get("wall_time_s") or 0.0), **total})
     return out
 

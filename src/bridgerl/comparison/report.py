@@ -9,6 +9,7 @@ from pathlib import Path
 from bridgerl.comparison.costs import AXES
 from bridgerl.config import Config
 from bridgerl.io import atomic_file
+from bridgerl.train.methods import METHOD_NAMES
 
 
 def _pct(iv: dict | None) -> str:
@@ -62,8 +63,6 @@ def render(cfg: Config, results: dict, stats: dict, meta: dict) -> str:
     arms = stats["arms"]
     n = len(meta["seeds"])
     preset = f" --preset {meta['preset']}" if meta.get("preset") else ""
-    from bridgerl.train.methods import METHOD_NAMES
-
     methods = meta.get("methods") or list(METHOD_NAMES)
     subset = f" --methods {','.join(methods)}" if list(methods) != list(METHOD_NAMES) else ""
     L = ["# Method comparison", "",

@@ -337,14 +337,14 @@ def run(cfg: Config, methods: list[str] | None = None, seeds: list[int] | None =
             "preset": cfg.preset, "methods": methods, "sweeps": [list(x) for x in sweeps or []]}
     earlier = out / "results.json"
     if not trained and earlier.exists():  # nothing trained now: the time and load of the invocation that did
-        before = json.loads(earlier.read_text()).get("meta", {})
+        before = read_json(earlier).get("meta", {})
         meta.update({k: before[k] for k in ("wall_s", "load_avg_start", "load_avg_end") if k in before})
     return finish(cfg, results, meta, out)
 
 
 def rerender(cfg: Config, out: str | Path) -> dict:
     """Rewrite the report from an earlier run's results.json (no training)."""
-    saved = json.loads((Path(out) / "results.json").read_text())
+    saved = read_json(Path(out) / "results.json")
     return finish(cfg, saved["arms"], saved["meta"], Path(out))
 
 
