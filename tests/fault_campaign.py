@@ -4,8 +4,16 @@
 
 Builds the pipeline twice in temporary projects with the tiny (tests/conftest.py FAST) settings and
 the default local MLflow store: once uninterrupted (the reference), once stage by stage with SIGKILLs
-(each stage is killed `trials / 6` times, at a delay drawn uniformly within that stage's reference
-duration, then run to completion: `train` with --resume, as the README's recovery recipe does).
+(each stage is killed `trials / 6` times, then run to completion: `train` with --resume, as the README's
+recovery recipe does).
+
+Kill points are steps of the stage's own work, not times, so that every kill lands inside the stage
+whatever the machine's speed: the stage counts its file-system writes (audit events in its main thread:
+files opened for writing, renames, removals, directories made or removed, database connections), and
+is killed at the k-th one. k is drawn uniformly from the writes the stage makes *from the project's state
+at that trial* (a resumed stage does less work than a fresh one), counted by a probe: the stage is run
+to completion on a snapshot of the project, which is then put back. Stages are seeded and run on CPU, so
+the trial makes the same writes as its probe and is killed at the k-th.
 After every kill and every completion it checks:
 
 - no half-written output: each output of the killed stage is absent or byte-identical to the
@@ -73,7 +81,38 @@ def _argv(stage: str) -> list[str]:
     return args + (["--resume"] if stage == "train" else [])
 
 
-def start(project: Path, stage: str, log: Path) -> int:
+# audit events that change the file system (or open the MLflow store): the steps a kill can land at
+WRITE_EVENTS = {"os.rename", "os.replace", "os.remove", "os.rmdir", "os.mkdir", "os.truncate", "os.link",
+                "os.symlink", "shutil.rmtree", "shutil.move", "shutil.copyfile", "shutil.copytree", "sqlite3.connect"}
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+
+def _is_write(event: str, args: tuple) -> bool:
+    if event == "open":  # builtins.open / io.open (mode string) and os.open (flags)
+        mode, flags = (args[1], args[2]) if len(args) >= 3 else (None, 0)
+        return (isinstance(mode, str) and any(c in mode for c in "wax+")) or \
+            (mode is None and isinstance(flags, int) and bool(flags & _WRITE_FLAGS))
+    return event in WRITE_EVENTS
+
+
+def _count_writes(kill_at: int | None) -> dict:
+    """In the stage's process: count its main thread's writes; SIGKILL itself at the `kill_at`-th."""
+    import threading
+
+    main, seen = threading.get_ident(), {"n": 0}
+
+    def hook(event: str, args: tuple) -> None:
+        if threading.get_ident() == main and _is_write(event, args):
+            seen["n"] += 1
+            if seen["n"] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    sys.addaudithook(hook)
+    return seen
+
+
+def start(project: Path, stage: str, log: Path, kill_at: int | None = None, count_to: Path | None = None) -> int:
+    """Fork the stage; `kill_at`: it kills itself at that write; `count_to`: it writes its write count there."""
     pid = os.fork()
     if pid == 0:  # the child: run the stage as `bridgerl <stage>` would, then leave without cleanup
         rc = 70
@@ -84,7 +123,10 @@ def start(project: Path, stage: str, log: Path) -> int:
             os.dup2(fd, 2)
             from bridgerl import cli
 
+            seen = _count_writes(kill_at)
             rc = cli.main(_argv(stage))
+            if count_to is not None:
+                count_to.write_text(str(seen["n"]))
         except BaseException:  # noqa: BLE001 - reported through the exit status and the log
             import traceback
 
@@ -107,6 +149,22 @@ def run(project: Path, stage: str, log: Path) -> float:
     if rc != 0:
         raise RuntimeError(f"{stage} failed ({rc}) in {project}:\n{log.read_text()[-3000:]}")
     return time.monotonic() - t0
+
+
+def probe(project: Path, stage: str, log: Path) -> int:
+    """The writes `stage` makes from the project's present state: run it to completion, then put the
+    project back as it was (a snapshot at the same path, so that everything it records is unchanged)."""
+    snap, count = project.with_name(project.name + ".snapshot"), project.with_name("writes.count")
+    shutil.copytree(project, snap, symlinks=True)
+    try:
+        rc = wait(start(project, stage, log, count_to=count))
+        if rc != 0:
+            raise RuntimeError(f"{stage} failed ({rc}) in its probe run:\n{log.read_text()[-3000:]}")
+        return int(count.read_text())
+    finally:
+        shutil.rmtree(project)
+        os.rename(snap, project)
+        count.unlink(missing_ok=True)
 
 
 def digest(path: Path, rel: str) -> str | None:
@@ -170,15 +228,13 @@ def campaign(trials: int, seed: int, root: Path) -> dict:
     done, log = 0, []
     for stage in STAGES:
         for _ in range(kills[stage]):
-            delay = rng.uniform(0.0, durations[stage])
+            writes = probe(work, stage, root / "probe.log")
+            at = rng.randint(1, writes)
             before_journal = journal_records(work)
-            pid = start(work, stage, root / "killed.log")
-            time.sleep(delay)
-            os.kill(pid, signal.SIGKILL)
-            rc = wait(pid)
+            rc = wait(start(work, stage, root / "killed.log", kill_at=at))
             done += 1
-            log.append([stage, round(delay, 2), rc])
-            where = f"trial {done}: {stage} killed after {delay:.2f}s (rc {rc})"
+            log.append([stage, at, writes, rc])
+            where = f"trial {done}: {stage} killed at write {at} of {writes} (rc {rc})"
             for rel in OUTPUTS[stage]:
                 got = digest(work / rel, rel)
                 if got not in (None, reference[rel]):

@@ -37,6 +37,33 @@ def test_atomic_file_failure_keeps_old(tmp_path):
     assert f.read_text() == "{}" and len(list(tmp_path.iterdir())) == 1
 
 
+def test_a_kill_between_the_renames_leaves_nothing_after_the_next_write(tmp_path, monkeypatch):
+    """Replacing a directory renames the old one aside, then the new one in: killed between the two (found by
+    the fault campaign), the old version is left as .out.old-<pid>; the next write of `out` removes it."""
+    from bridgerl import io
+
+    out = tmp_path / "out"
+    with atomic_dir(out) as d:
+        (d / "a.txt").write_text("v1")
+    renames = []
+
+    def killed_after_the_first(src, dst):
+        renames.append(dst)
+        os.rename(src, dst)
+        if len(renames) == 1:
+            raise SystemExit("killed")  # stands for the SIGKILL: nothing after this line runs
+
+    monkeypatch.setattr(io.os, "replace", killed_after_the_first)
+    with pytest.raises(SystemExit):
+        with atomic_dir(out) as d:
+            (d / "a.txt").write_text("v2")
+    monkeypatch.undo()
+    assert not out.exists() and sorted(p.name.split("-")[0] for p in tmp_path.iterdir()) == [".out.old", ".out.tmp"]
+    with atomic_dir(out) as d:
+        (d / "a.txt").write_text("v3")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (out / "a.txt").read_text() == "v3"
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_killed_stage_leaves_no_output(tmp_path, sig):
     """Kill `bridgerl init-model` while it pre-trains: models/base must not exist afterwards

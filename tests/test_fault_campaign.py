@@ -1,4 +1,5 @@
-"""The fault campaign (tests/fault_campaign.py) as a CI test: 20 SIGKILLs across the pipeline, seeded."""
+"""The fault campaign (tests/fault_campaign.py) as a CI test: 20 SIGKILLs across the pipeline, seeded, each at a
+write of the stage's own work (so every one lands inside the stage, however fast or busy the machine)."""
 
 from __future__ import annotations
 
@@ -18,5 +19,5 @@ def test_sigkill_campaign_loses_nothing(tmp_path):
                         "--keep", str(tmp_path / "campaign")], check=False, capture_output=True, text=True, timeout=900,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     result = json.loads(p.stdout.strip().splitlines()[-1])
-    assert result["trials"] == 20 and result["interrupted"] >= 15, result["kills"]  # (a kill may come after the end)
+    assert result["trials"] == 20 and result["interrupted"] == 20, result["kills"]  # [stage, at write, of writes, rc]
     assert result["failures"] == 0 and p.returncode == 0, "\n".join(result["details"])

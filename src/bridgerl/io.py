@@ -67,7 +67,9 @@ def _tmp_sibling(path: Path, is_dir: bool) -> Path:
     if why:
         raise DataError(f"cannot write {path}: {why}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed earlier run
+    # left by a killed earlier run: its unfinished output, or the previous output it was replacing (a kill
+    # between _replace's renames leaves `path` absent and the complete previous version in .old-<pid>)
+    for stale in [*path.parent.glob(f".{path.name}.tmp-*"), *path.parent.glob(f".{path.name}.old-*")]:
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
         else:

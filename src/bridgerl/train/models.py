@@ -68,18 +68,32 @@ def _share_lora(policy: nn.Module, shadow: nn.Module) -> None:
                     setattr(mod, attr, getattr(src, attr))
 
 
+def _set_checkpointing(model: nn.Module, on: bool) -> None:
+    """transformers' non-reentrant checkpointing of the decoder layers, on or off: `activation_checkpointing_*`
+    where it exists (newer 5.x, where the `gradient_checkpointing_*` names are deprecated until v6), else those."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+
+
 def build_models(cfg: Config, base: nn.Module, for_export: bool = False) -> Models:
     """Wrap a freshly loaded base model as the method requires (call after seeding torch).
     `for_export`: the policy alone (θ with its adapter w), no shadow, no reference."""
     t = cfg.train
     method = METHODS[t.method]
     if t.gradient_checkpointing and not for_export:  # the policy and shadow (θ̂ is a copy); the reference runs no backward
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _set_checkpointing(base, True)
     ref = None
     if method.rl and t.grpo.kl_coef > 0 and not for_export:
         ref = copy.deepcopy(base).eval()
         if t.gradient_checkpointing:
-            ref.gradient_checkpointing_disable()
+            _set_checkpointing(ref, False)
         for p in ref.parameters():
             p.requires_grad_(False)
     if not method.lora:
