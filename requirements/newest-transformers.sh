@@ -1,45 +1,30 @@
 #!/usr/bin/env bash
-# The newest transformers that pyproject.toml's range allows (what a plain `pip install -e .` takes today),
-# laid over the locked environment, and the tests that lean on its internals run against it:
+# The newest transformers that pyproject.toml's range allows and that installs next to the locked packages
+# (what a plain `pip install -e .` on top of requirements/dev.lock takes today), laid over the locked
+# environment, and the tests that lean on its internals run against it:
 #
 #   bash requirements/newest-transformers.sh [pytest args...]
 #
-# Only transformers changes (installed without dependencies into its own folder, put first on PYTHONPATH);
-# its own requirements must already hold in the locked environment, else this says which one does not.
-# vLLM caps transformers lower (its CPU build included), so the vLLM tests are not among them.
+# Only transformers changes: pip resolves the range with every other package held at its locked version
+# (so a release whose own requirements are newer than the lock, or not on the index, is passed over, as pip
+# would), and that version is installed without dependencies into its own folder, first on PYTHONPATH.
+# vLLM caps transformers lower (its CPU build included), so the vLLM tests are not among these.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${BRIDGERL_NEWEST_TRANSFORMERS:-/tmp/bridgerl-transformers-newest}
-spec=$(python - <<'PY'
-import re, tomllib
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+spec=$(python -c 'import re, tomllib
 deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
-print(next(d for d in deps if re.match(r"transformers\b", d)))
-PY
-)
+print(next(d for d in deps if re.match(r"transformers\b", d)))')
+grep -viE '^transformers==' requirements/dev.lock > "$work/others.txt"
+python -m pip install -q --dry-run --ignore-installed --report "$work/report.json" -c "$work/others.txt" "$spec"
+version=$(python -c 'import json, sys
+print(next(i["metadata"]["version"] for i in json.load(open(sys.argv[1]))["install"]
+           if i["metadata"]["name"].lower() == "transformers"))' "$work/report.json")
 rm -rf "$dir"
-python -m pip install -q --no-deps --target "$dir" "$spec"
-PYTHONPATH="$dir" python - "$spec" <<'PY'
-import sys
-from importlib.metadata import PackageNotFoundError, requires, version
-
-from packaging.requirements import Requirement
-
-import transformers
-
-bad = []
-for r in map(Requirement, requires("transformers") or []):
-    if r.marker and not r.marker.evaluate({"extra": ""}):
-        continue
-    try:
-        have = version(r.name)
-    except PackageNotFoundError:
-        have = None
-    if have is None or not r.specifier.contains(have, prereleases=True):
-        bad.append(f"{r} (installed: {have})")
-if bad:
-    sys.exit(f"transformers {transformers.__version__} (newest for {sys.argv[1]!r}) needs: " + "; ".join(bad))
-print(f"transformers {transformers.__version__}: the newest that {sys.argv[1]!r} allows, over requirements/dev.lock")
-PY
+python -m pip install -q --no-deps --target "$dir" "transformers==$version"
+echo "transformers $version: the newest that '$spec' allows next to requirements/dev.lock (locked: $(grep -i '^transformers==' requirements/dev.lock))"
 export PYTHONPATH="$dir${PYTHONPATH:+:$PYTHONPATH}"
 python -m pytest -p no:cacheprovider tests/test_scale.py tests/test_methods.py tests/test_trainer.py \
   tests/test_smoke_stages.py tests/test_init_model_dtype.py "$@"
