@@ -148,6 +148,7 @@ def main(argv=None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = dict(mode["settings"], rounds=a.rounds)
     results: dict = {"schema": 1, "tiny": a.tiny, "budget_s": a.budget_s, "settings": settings,
+                     "hidden_packages": list(DEVICE_LACKS) if a.tiny else [],
                      "datasheet": DATASHEET, "sections": {}, "errors": {}}
     failed = False
 
