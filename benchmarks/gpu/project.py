@@ -65,19 +65,16 @@ def make_model_dir(out: Path, shape: dict, dtype: torch.dtype, device: torch.dev
     shape = {k: v for k, v in shape.items() if k != "model_type"}
     cfg = Qwen2Config(**shape, bos_token_id=None, eos_token_id=EOS, pad_token_id=PAD)
     torch.manual_seed(seed)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = Qwen2ForCausalLM(cfg)
-    finally:
-        torch.set_default_dtype(old)
+    with torch.device(device):  # initialized where it will run (fast on a GPU), then cast
+        model = Qwen2ForCausalLM(cfg).to(dtype)
     model.generation_config = GenerationConfig(eos_token_id=EOS, pad_token_id=PAD, bos_token_id=None)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     byte_tokenizer(shape["vocab_size"]).save_pretrained(out)
     n = sum(p.numel() for p in model.parameters())
     del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return {"parameters": n, "dtype": str(dtype).removeprefix("torch.")}
 
 

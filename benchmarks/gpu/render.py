@@ -44,6 +44,11 @@ def _gib(x):
     return _f(x, "{:.2f}")
 
 
+def _median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if xs else None
+
+
 def _ratio(x):
     return _f(x, "{:.2f}x")
 
@@ -111,6 +116,9 @@ def _scale(label: str, sc: dict, settings: dict, datasheet: dict) -> list[str]:
              f"| update MFU (model FLOPs / {datasheet['bf16_flops_per_s'] / 1e12:g} TFLOP/s) | "
              f"{both(lambda m: m['update']['mfu'], pct)} | | computed from measured time |",
              f"| update HFU (+ checkpointing's recompute) | {both(lambda m: m['update']['hfu'], pct)} | | |",
+             f"| θ elements changed per update (one {rz['iterations'][0]['theta_probe']['dtype'] if rz['iterations'] else ''} "
+             f"weight matrix, lr {_f(rz['iterations'][0]['theta_probe']['lr'] if rz['iterations'] else None, '{:g}')}) | "
+             f"{both(lambda m: _median(i['theta_changed_fraction'] for i in m['iterations']), pct)} | | measured |",
              f"| peak memory, update phase, GiB | {both(lambda m: m['median']['update_phase_peak_own_gib'], _gib)} | "
              f"{_ratio(ratio.get('update_phase_peak_own_gib'))} | measured (max_memory_allocated) |",
              f"| `bridgerl plan`, training phase less its {rz['plan']['reserve_gb']:g} GiB reserve, GiB | "

@@ -2,7 +2,7 @@
 # GPU numbers (issue 25), one entry point: installs the carried wheels (.whl/, from fetch_wheels.sh) into a
 # temporary site directory, runs bench.py (exactness, then Qwen2.5-0.5B/3B-shaped Trainer runs) writing
 # results.json, and renders gpu.md from it, both into --out DIR (default: $OUT, the device machine's folder).
-#   bash benchmarks/gpu/run.sh [--out DIR] [--budget-s 360] [--sizes 0.5b,3b] [--rounds 1]
+#   bash benchmarks/gpu/run.sh [--out DIR] [--budget-s 360] [--sizes 3b,0.5b] [--rounds 1]
 #   bash benchmarks/gpu/run.sh --tiny --out DIR    # CPU, tiny shapes, no wheels installed (tests/test_gpu_bench.py)
 # Exit status: bench.py's (1: a section failed or an exactness check missed its tolerance); gpu.md is rendered either way.
 set -uo pipefail

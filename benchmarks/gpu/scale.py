@@ -11,6 +11,9 @@ EOS ignored through the engine's `ignore_eos`), and iterations run A B B A. Each
   behaviour log-probs are the update's own forward, so this is the reference's forward);
 - update   = the rest of `train_step` (the demo batch and the method's update rule).
 
+Each iteration also reads the share of one θ weight matrix's elements that the update changed: in bf16 with
+the preset's learning rate (5e-7) most of an AdamW step is below bf16's resolution and rounds away.
+
 Memory: torch.cuda.max_memory_allocated over the rollout phase and over the update, less what the other
 trainer holds at rest (measured after both warm-ups), against `bridgerl.plan.plan` for the same
 configuration. Derived figures (decode tokens/s vs the HBM bound, the update's MFU) use the formulas in
@@ -132,6 +135,9 @@ class Instrumented:
         keep = g.max_new_tokens
         if new_tokens is not None:
             g.max_new_tokens = new_tokens
+        mats = [q for q in self.tr.m.theta if q.dim() == 2]
+        probe = mats[len(mats) // 2]  # a mid-network weight matrix of θ
+        before = probe.detach().clone()
         try:
             self.rec = {}
             _sync(self.device)
@@ -147,7 +153,10 @@ class Instrumented:
                 "update_phase_peak": _peak(self.device), "generated_tokens": int(metrics["generated_tokens"]),
                 "trained_tokens": int(metrics["trained_tokens"]), "batch_tokens": int(metrics["batch_tokens"]),
                 "state_memory_mb": metrics["state_memory_mb"], "loss": metrics["loss"],
-                "optimizer_steps": int(metrics["optimizer_steps"])}
+                "optimizer_steps": int(metrics["optimizer_steps"]),
+                "theta_changed_fraction": float((probe.detach() != before).float().mean()),
+                "theta_probe": {"numel": probe.numel(), "dtype": str(probe.dtype).removeprefix("torch."),
+                                "lr": self.tr.optimizer.param_groups[0]["lr"]}}
 
 
 def _median(xs):
@@ -203,7 +212,7 @@ def run_size(label: str, shape: dict, s: dict, device: torch.device, root: Path,
             break
     for tr in trainers.values():
         tr.tr.close()
-    del trainers
+    del trainers, tr0, tr
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
