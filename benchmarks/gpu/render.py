@@ -124,7 +124,8 @@ def _scale(label: str, sc: dict, settings: dict, datasheet: dict) -> list[str]:
              f"| `bridgerl plan`, training phase less its {rz['plan']['reserve_gb']:g} GiB reserve, GiB | "
              f"{both(lambda m: m['plan']['training_phase_excl_reserve_gb'], _gib)} | | predicted |",
              f"| measured / plan, update phase | {both(lambda m: m['measured_vs_plan']['update_phase'], _ratio)} | | |",
-             f"| peak memory, rollout phase, GiB | {both(lambda m: m['median']['rollout_phase_peak_own_gib'], _gib)} | "
+             "| peak memory, rollout phase (generation + old/ref log-probs), GiB | "
+             f"{both(lambda m: m['median']['rollout_phase_peak_own_gib'], _gib)} | "
              f"| measured |",
              f"| `bridgerl plan`, rollout phase less reserve, GiB | "
              f"{both(lambda m: m['plan']['rollout_phase_excl_reserve_gb'], _gib)} | | predicted |",
