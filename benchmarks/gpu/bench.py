@@ -20,6 +20,7 @@ machine lacks (DEVICE_LACKS), so the CPU run shows the path needs none of them.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
 import sys
@@ -167,6 +168,9 @@ def main(argv=None) -> int:
             results["errors"][name] = f"{type(e).__name__}: {e}\n{traceback.format_exc()[-3000:]}"
             print(f"bench: {name} FAILED: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         results.setdefault("section_s", {})[name] = time.perf_counter() - t0
+        gc.collect()  # what a failed section held (its frames) goes before the next one
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         write_results(out_dir, results)
 
     import exactness

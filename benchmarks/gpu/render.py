@@ -26,7 +26,7 @@ HOW = f"""## How to run it (a session whose task is lent a GPU)
 2. One device call: `{RUN_CALL}`.
    The script measures for at most `--budget-s` seconds (a size or iteration that would not fit is skipped and
    listed), writes `$OUT/results.json` after each section and `$OUT/gpu.md` at the end; 450 s leaves room in
-   the 15 device minutes for one rerun, e.g. of the 3B part alone: `{RERUN_CALL}`.
+   the 15 device minutes for one rerun, e.g. of one size alone (`--sizes 3b` or `--sizes 0.5b`): `{RERUN_CALL}`.
 3. `python benchmarks/gpu/render.py <files_at>/results.json docs/gpu.md`, then the README's "Paper scale"
    section gets the headline figures. Anything the run shows wrong (a dtype, a device placement, memory off
    by more than 25% from the plan) is fixed in the product.
