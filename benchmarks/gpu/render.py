@@ -91,8 +91,9 @@ def _scale(label: str, sc: dict, settings: dict, datasheet: dict) -> list[str]:
     n_it = f"{len(rz['iterations'])} + {len(br['iterations'])}"
     head = [f"## Trainer at {sc['shape_of']} shape ({sc['parameters'] / 1e9:.2f}B parameters, random weights)", "",
             f"One device, {sc['dtype']}; {s['prompts']} prompts x {s['group']} rollouts x {s['new_tokens']:,} new "
-            f"tokens (EOS ignored; prompts {s['prompt_tokens']} tokens), {s['prompts']} demonstrations of "
-            f"{s['demo_tokens']:,} tokens; gradient checkpointing, chunked log-probs ({s['logprob_chunk_tokens']}), "
+            f"tokens (EOS ignored; prompts {sc['prompt_len']} tokens), {s['prompts']} demonstrations of "
+            f"{sc['demo_len'] - sc['prompt_len'] - 1:,} tokens (+ EOS); gradient checkpointing, chunked log-probs "
+            f"({s['logprob_chunk_tokens']}), "
             f"micro-batches of {s['micro_batch_tokens']:,} tokens, HF generation copy, AdamW; the qwen2.5-3b preset "
             f"otherwise. Iterations measured (rl_zero + bridge, interleaved A B B A after one short warm-up each): "
             f"{n_it}; medians. Setup (model, trainers, warm-ups) took {sc['setup_s']:.0f} s.", "",
