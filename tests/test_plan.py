@@ -80,3 +80,19 @@ def test_offloaded_shadow_brings_the_paper_preset_to_rl_zero_state():
     assert off["host_memory_gb"] == pytest.approx(3.086e9 * (8 + 8 / 4) / 2**30, rel=0.01)
     assert rl["host_memory_gb"] == 0
     assert off["fits"]
+
+
+def test_hf_rollouts_count_the_generation_copy_and_its_kv_cache():
+    """backend hf: the generation copy (P x 2 B, kept: both phases) and generate's KV cache (rollout phase only)."""
+    _, vllm = _plan("-S", "train.rollout.sleep=true")
+    _, hf = _plan("-S", "train.rollout.backend=hf")
+    rows = {r["item"]: r["gb"] for r in hf["rows"]}
+    assert "vLLM (weights + KV cache)" not in rows
+    copy = rows["HF generation copy (weights)"]
+    assert copy == pytest.approx(3.086e9 * 2 / 2**30, rel=0.01)
+    kv = rows["HF generate KV cache (rollout phase)"]  # 80 rollouts per rank x (256 + 3000) tokens, 36 layers, 2 x 256
+    assert kv == pytest.approx(80 * 3256 * 36 * 2 * 256 * 2 / 2**30, rel=0.01)
+    assert hf["training_phase_gb"] == pytest.approx(vllm["training_phase_gb"] + copy, abs=0.02)
+    assert hf["rollout_phase_gb"] == pytest.approx(hf["training_state_gb"] + copy + kv + 3.0, abs=0.02)
+    _, live = _plan("-S", "train.rollout.backend=hf", "-S", "train.rollout.hf_generation_copy=false")
+    assert "HF generation copy (weights)" not in {r["item"] for r in live["rows"]}

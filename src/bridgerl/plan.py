@@ -16,7 +16,8 @@ share, it adds up what one GPU holds:
 - the output layer: full logits (bf16 + their fp32 copy + the entropy's softmax: 10 bytes per token and
   vocabulary entry) or, chunked (train.logprob_chunk_tokens), one chunk of them (14 bytes: + its gradient).
 - the rollout engine: vLLM's share of the GPU (its weights and KV cache); with rollout.sleep it is
-  freed while training, so the rollout phase and the training phase are checked separately.
+  freed while training, so the rollout phase and the training phase are checked separately. With
+  transformers (backend hf): the generation copy's weights (kept) and generate's KV cache (rollout phase).
 - a reserve for the CUDA context, NCCL and DeepSpeed's buckets (an estimate, stated as such).
 
 Estimates, not measurements: docs/scale.md says how they compare with measured runs.
@@ -219,8 +220,17 @@ def plan(cfg: Config, gpu_gb: float = 80.0, nproc: int | None = None, prompt_tok
         add("vLLM (weights + KV cache)", share,
             f"gpu_memory_utilization {r.gpu_memory_utilization}: KV cache ~{kv_tokens / 1e3:.0f}k tokens"
             + ("; freed while training (sleep)" if r.sleep else "; kept while training"))
-    train_gb = (state + transient + (0 if r.sleep else share)) / GB
-    rollout_gb = (state + share + RESERVE_GB * GB) / GB
+    hf_copy = hf_kv = 0.0
+    if r.backend == "hf":  # transformers generate in the training process (bridgerl.rollout.hf)
+        n_rollouts = max(1, t.prompt_batch * t.grpo.group_size // W)
+        if r.hf_generation_copy:
+            hf_copy = P * b
+            add("HF generation copy (weights)", hf_copy, f"{P / 1e9:.3f}B x {b} B, whole on every rank; kept")
+        hf_kv = n_rollouts * seq * 2 * L * kv * b
+        add("HF generate KV cache (rollout phase)", hf_kv,
+            f"{n_rollouts} rollouts x {seq} tokens x {L} layers x 2 x {kv} x {b} B; freed after generate")
+    train_gb = (state + transient + (0 if r.sleep else share) + hf_copy) / GB
+    rollout_gb = (state + share + hf_copy + hf_kv + RESERVE_GB * GB) / GB
     return Plan(rows, train_gb, rollout_gb, gpu_gb, state / GB, host / GB)
 
 
