@@ -131,3 +131,32 @@ def test_guard_kills_a_worker_stuck_beyond_its_timer_and_recovers():
         assert stuck(0, timeout_s=5) == 0
     finally:
         stuck.close()
+
+
+@pytest.mark.parametrize("output, extracted, correct", [  # issue 24 item 2, each scoring case
+    ("2", "2", True),
+    ("The answer is 2", "2", True),
+    ("Put the answer in \\boxed{}. The answer is 2", "2", True),  # echoed empty box skipped
+    ("\\boxed{}", None, False),  # empty box is no answer (counted by no_answer_rate)
+    ("\\boxed{2} then \\boxed{}", "2", True),
+    ("2.2.2", None, False),  # not a number (read ".2" before)
+])
+def test_synthetic_scoring_cases(output, extracted, correct):
+    from bridgerl.rewards import judge
+    assert judge("synthetic", output, "2") == (extracted, correct)
+
+
+ADVERSARIAL = {"unclosed": "\\boxed{" * 30_000, "spaces": "answer is" + " " * 200_000 + "x",
+               "nested": "\\boxed{" + "{" * 100_000 + "}" * 100_000 + "}", "answer_is": "the answer is 3 " * 15_000}
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+def test_adversarial_outputs_extract_in_bounded_time(name):
+    """Each ~200k-char adversarial output is extracted in a subprocess under a generous 20 s wall limit."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.path.insert(0, 'tests'); from test_rewards import ADVERSARIAL; "
+            "from bridgerl.rewards.extract import extract_answer; "
+            f"print(repr(extract_answer(ADVERSARIAL[{name!r}])))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0, done.stderr

@@ -11,8 +11,7 @@ from __future__ import annotations
 import numpy as np
 from tqdm import tqdm
 
-from bridgerl.rewards import is_correct
-from bridgerl.rewards.extract import extract_answer
+from bridgerl.rewards import judge
 
 
 def _mean(xs: list) -> float | None:
@@ -24,11 +23,12 @@ def score(rows: list[dict], prompts: list[str], outputs: list[list[str]], n_toke
           truncated: list[list[bool | None]], timeout_s: float = 5.0, progress: bool = False,
           desc: str = "score") -> tuple[list[dict], dict]:
     """(per-item records, metrics) for rows[i] answered by outputs[i] (k samples each)."""
-    items, item_acc = [], []
+    items, item_acc, no_answer = [], [], []
     for r, prompt, outs in tqdm(list(zip(rows, prompts, outputs)), desc=desc, disable=not progress):
         ds = r.get("data_source") or "math"
-        correct = [is_correct(ds, o, str(r["answer"]), timeout_s) for o in outs]
-        extracted = [extract_answer(o) for o in outs]
+        verdicts = [judge(ds, o, str(r["answer"]), timeout_s) for o in outs]  # one extraction per output
+        extracted, correct = [v[0] for v in verdicts], [v[1] for v in verdicts]
+        no_answer.extend(x is None for x in extracted)  # '' is never extracted: None is "no answer"
         acc = float(np.mean(correct)) if correct else 0.0
         item_acc.append(acc)
         single = len(outs) == 1
@@ -38,7 +38,6 @@ def score(rows: list[dict], prompts: list[str], outputs: list[list[str]], n_toke
     flat_out = [o for outs in outputs for o in outs]
     flat_tok = [t for ts in n_tokens for t in ts]
     flat_tr = [t for ts in truncated for t in ts]
-    no_answer = [extract_answer(o) is None for o in flat_out]
     metrics = {
         "accuracy": float(np.mean(item_acc)) if item_acc else 0.0,
         "n": len(rows),

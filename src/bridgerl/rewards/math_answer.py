@@ -51,9 +51,13 @@ def verify_strings(gold: str, pred: str, timeout_s: float = 5.0, shortcut: bool 
     return bool(result)
 
 
-def is_correct(output: str, answer: str, timeout_s: float = 5.0) -> bool:
-    """Whether the final answer in a model output verifies against the gold answer."""
-    pred = extract_answer(output or "")
+def check(pred: str | None, answer: str, timeout_s: float = 5.0) -> bool:
+    """Whether an already extracted answer verifies against the gold answer."""
     if pred is None:
         return False
     return verify_strings(str(answer), pred, timeout_s)
+
+
+def is_correct(output: str, answer: str, timeout_s: float = 5.0) -> bool:
+    """Whether the final answer in a model output verifies against the gold answer."""
+    return check(extract_answer(output or ""), answer, timeout_s)

@@ -1,15 +1,26 @@
-"""Exact checker for the embedded arithmetic task: the boxed integer must equal the answer."""
+"""Exact checker for the embedded arithmetic task: the extracted answer must equal the integer answer.
+
+The answer is taken by the shared extractor (`extract.extract_answer`: boxed, else "answer is X", else
+the last number), so a plain "2" or "The answer is 2" counts as the math checker would count it; the
+value is compared exactly as a rational number ("2", "2.0", "4/2", "2,000" are integers).
+"""
 
 from __future__ import annotations
 
-from bridgerl.rewards.extract import last_boxed
+from fractions import Fraction
+
+from bridgerl.rewards.extract import clean_answer, extract_answer
+
+
+def check(pred: str | None, answer: str, timeout_s: float = 5.0) -> bool:
+    """Whether an already extracted answer equals the integer gold answer."""
+    if not pred:
+        return False
+    try:
+        return Fraction(clean_answer(pred).replace(",", "").replace(" ", "")) == int(str(answer).strip())
+    except (ValueError, ZeroDivisionError):
+        return False
 
 
 def is_correct(output: str, answer: str, timeout_s: float = 5.0) -> bool:
-    got = last_boxed(output)
-    if got is None:
-        return False
-    try:
-        return int(got.replace(",", "").strip()) == int(str(answer).strip())
-    except ValueError:
-        return False
+    return check(extract_answer(output or ""), answer, timeout_s)
