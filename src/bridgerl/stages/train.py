@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
@@ -60,6 +61,30 @@ def _final_metrics(tr: Trainer) -> dict:
     return out
 
 
+TOY_KEYS = ("train.lr_theta", "train.lr_w", "train.grpo.max_new_tokens")
+
+
+def toy_defaults_on_a_real_model(cfg: Config) -> list[str]:
+    """A pretrained model trained at the embedded toy's defaults (its learning rates break a real model's chat
+    within a few iterations; its 64-token budget truncates nearly every answer): one line naming the keys."""
+    if cfg.model.base == "embedded":
+        return []
+    from bridgerl.config import Config as _C
+
+    default, keys = _C(), []
+    for k in TOY_KEYS:
+        a, b = cfg, default
+        for part in k.split("."):
+            a, b = getattr(a, part), getattr(b, part)
+        if a == b:
+            keys.append(f"{k}={a}")
+    if not keys:
+        return []
+    return [f"model.base = {cfg.model.base!r} trains at the tiny embedded model's defaults ({', '.join(keys)}); "
+            "they suit a 0.4M-parameter toy, not a pretrained model: set them, or use a preset such as "
+            "smollm2-135m (src/bridgerl/presets)"]
+
+
 def run(cfg: Config, max_steps: int | None = None, resume: bool = False, progress: bool = True) -> dict:
     """Train on this process (every rank of a torchrun job runs this); rank 0 writes the outputs."""
     from bridgerl import threads
@@ -68,6 +93,8 @@ def run(cfg: Config, max_steps: int | None = None, resume: bool = False, progres
     tr = make_trainer(cfg)
     main = tr.is_main  # rank 0 alone writes MLflow, checkpoint bookkeeping and outputs
     log = print if main else (lambda *a, **k: None)
+    for w in toy_defaults_on_a_real_model(cfg):
+        log(f"warning: {w}", file=sys.stderr)
     key = checkpoint.resume_key(cfg)
     t = cfg.train
     run_id = None
