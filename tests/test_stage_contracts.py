@@ -167,6 +167,21 @@ def test_local_data_file_is_in_prepare_fingerprint(tmp_path, monkeypatch):
     assert {n for n in STAGES if after[n] != before[n]} == {"prepare"}
 
 
+def test_local_model_base_is_an_init_model_dependency(tmp_path, monkeypatch):
+    """New weights at the same model.base path rerun init-model (and only it, of the stages before train)."""
+    from bridgerl.stages.contracts import local_files
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.gguf").write_bytes(b"GGUF one")
+    cfg = make_cfg(tmp_path, "model.base=m.gguf")
+    assert local_files(cfg, STAGES["init-model"]) == ["m.gguf"]
+    before = fingerprint(cfg, STAGES["init-model"])
+    (tmp_path / "m.gguf").write_bytes(b"GGUF two")
+    assert fingerprint(cfg, STAGES["init-model"]) != before
+    pkg = make_cfg(tmp_path, "model.base=package:pytest/__init__.py")  # a machine-specific path: not a DVC dep
+    assert local_files(pkg, STAGES["init-model"]) == []
+
+
 def test_io_overrides_by_artifact_name(tmp_path):
     assert io_overrides(STAGES["train"], ["dataset=/a", "curve=/b.csv"]) == [
         "data.out_dir=/a", "train.plots_file=/b.csv"]

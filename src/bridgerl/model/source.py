@@ -124,6 +124,10 @@ def load_gguf(src: BaseSource, dtype: torch.dtype):
         raise ConfigError(f"model.base: reading {src.local_file} needs the gguf package (pip install gguf): {e}") from e
     config = quant.config
     config.dtype = dtype
+    # a plain checkpoint: no quantization_config, or vLLM and transformers would read it as gguf-quantized
+    for attr in ("quantization_config", "gguf_file"):
+        if hasattr(config, attr):
+            delattr(config, attr)
     with torch.device("meta"):
         plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
     plain.load_state_dict(quant.state_dict(), assign=True)

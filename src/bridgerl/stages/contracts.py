@@ -80,7 +80,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           "the base model directory: the embedded tiny LM built and pre-trained, or a hub/local model",
           params=("seed", "model", "data.synthetic", "eval.prompt_template"),
           outputs=(IO("model.out_dir", "base_model", "a Hugging Face model directory + tokenizer, "
-                      "`bridgerl_base.json`"),)),
+                      "`bridgerl_base.json`"),),
+          local_files=True),
     Stage("build-demos", "bridgerl.stages.build_demos",
           "verified SFT demonstrations from the teacher (`demos.source`), decontaminated against the eval sets",
           params=("seed", "demos", "model.dtype"),
@@ -171,9 +172,16 @@ def task_config(cfg, stage: Stage) -> dict:
 
 
 def local_files(cfg, stage: Stage) -> list[str]:
-    """Local data files this stage reads (named in data.rl_sources / eval.sources / demos.dataset)."""
+    """Local files this stage reads (named in data.rl_sources / eval.sources / demos.dataset; init-model: a
+    local model.base file or directory, not a file inside an installed package, whose path is the machine's)."""
     if not stage.local_files:
         return []
+    if stage.name == "init-model":
+        m = cfg.model
+        if m.base == "embedded" or m.base.startswith("package:"):
+            return []
+        p = Path(m.base) / m.gguf_file if m.gguf_file else Path(m.base)
+        return [str(p)] if p.exists() else []
     specs = []
     if stage.name == "prepare":
         specs = [*cfg.data.rl_sources, *cfg.eval.sources.values()]

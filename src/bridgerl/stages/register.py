@@ -46,8 +46,9 @@ _LOAD_LOCK = threading.Lock()
 
 
 def dvc_hashes(lock: Path = Path("dvc.lock")) -> dict[str, str]:
-    """md5 of each DVC output from dvc.lock (data, demos, base/trained model), for provenance tags."""
-    if not lock.exists():
+    """md5 of each DVC output from dvc.lock (data, demos, base/trained model), for provenance tags; only when
+    DVC runs this stage (it sets DVC_STAGE): outside DVC the committed lock describes other outputs."""
+    if not os.environ.get("DVC_STAGE") or not lock.exists():
         return {}
     import yaml
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import sys
 from pathlib import Path
@@ -66,8 +67,11 @@ TOY_KEYS = ("train.lr_theta", "train.lr_w", "train.grpo.max_new_tokens")
 
 def toy_defaults_on_a_real_model(cfg: Config) -> list[str]:
     """A pretrained model trained at the embedded toy's defaults (its learning rates break a real model's chat
-    within a few iterations; its 64-token budget truncates nearly every answer): one line naming the keys."""
-    if cfg.model.base == "embedded":
+    within a few iterations; its 64-token budget truncates nearly every answer): one line naming the keys.
+    The base model's own record (init-model's bridgerl_base.json, an input of this stage) says what it is."""
+    record = Path(cfg.model.out_dir) / "bridgerl_base.json"
+    base = json.loads(record.read_text()).get("base", "embedded") if record.is_file() else "embedded"
+    if base == "embedded":
         return []
     from bridgerl.config import Config as _C
 
@@ -80,7 +84,7 @@ def toy_defaults_on_a_real_model(cfg: Config) -> list[str]:
             keys.append(f"{k}={a}")
     if not keys:
         return []
-    return [f"model.base = {cfg.model.base!r} trains at the tiny embedded model's defaults ({', '.join(keys)}); "
+    return [f"the base model ({base}) trains at the tiny embedded model's defaults ({', '.join(keys)}); "
             "they suit a 0.4M-parameter toy, not a pretrained model: set them, or use a preset such as "
             "smollm2-135m (src/bridgerl/presets)"]
 
