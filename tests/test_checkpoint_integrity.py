@@ -123,3 +123,30 @@ def test_resume_of_a_run_without_checkpoint_exits_2(project):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "runs/no-such-run/checkpoints" in lines[0] and "no checkpoint" in lines[0], p.stderr
     assert not (project / "runs/no-such-run/model").exists(), "it trained from scratch"
+
+
+def test_deepspeed_checkpoints_fall_back_to_the_newest_intact_tag(tmp_path, capsys):
+    """The ZeRO engine's choice of checkpoint (rank 0 verifies each tag's sha256, newest first), without DeepSpeed."""
+    from types import SimpleNamespace
+
+    from bridgerl.train.engines import DS_MARKER, DeepSpeedEngine
+
+    root = tmp_path / "ckpt"
+    for step in (1, 2):
+        tag = root / f"step-{step:06d}"
+        (tag / "global_step").mkdir(parents=True)
+        (tag / "global_step" / "mp_rank_00_model_states.pt").write_bytes(bytes(range(256)) * step)
+        checkpoint.write_manifest(tag, "k", step, name=DS_MARKER, world_size=1, strategy="zero2")
+    (root / "latest").write_text("step-000002")
+    engine = SimpleNamespace(env=SimpleNamespace(is_main=True, world_size=1))
+    assert DeepSpeedEngine._intact_tag(engine, root)[0] == "step-000002"
+    bad = root / "step-000002" / "global_step" / "mp_rank_00_model_states.pt"
+    bad.write_bytes(bad.read_bytes()[:100])
+    capsys.readouterr()
+    tag, meta = DeepSpeedEngine._intact_tag(engine, root)
+    assert tag == "step-000001" and meta["step"] == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0] and "step-000001" in err[0], err
+    (root / "step-000001" / DS_MARKER).unlink()
+    found = DeepSpeedEngine._intact_tag(engine, root)
+    assert isinstance(found, str) and f"no intact checkpoint in {root}" in found and str(bad) in found
