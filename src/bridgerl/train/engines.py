@@ -12,7 +12,8 @@ weights and optimizer, gathering weights (export, the KL reference snapshot) and
   an offloaded θ̂ stays outside it, in host memory with its own optimizer: bridgerl.train.shadow);
   the frozen reference is ZeRO-3-partitioned when the policy is; checkpoints go through DeepSpeed's
   `save_checkpoint` / `load_checkpoint` (+ the trainer state as client state, one RNG file per rank);
-  export gathers the full weights on rank 0.
+  rank 0 writes `bridgerl_checkpoint.json` last (the sha256 of every file) and on resume verifies the
+  tags newest first, falling back to the newest intact one; export gathers the full weights on rank 0.
 
 Gradient clipping (`train.max_grad_norm`) is the same on both: the global norm over all trained
 parameters (θ, θ̂ and w together), DeepSpeed's `gradient_clipping` (docs/distributed.md says why).
