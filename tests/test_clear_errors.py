@@ -15,6 +15,10 @@ def _bad_files(root: Path) -> dict[str, Path]:
         "latin1.csv": "id,problem,answer\n1,caf\xe9 has 2 apples,2\n".encode("latin-1"),
         "ragged.csv": b"id,problem,answer\n1,Ava has 2 apples,2\n2,Bo has 3,pens,3\n",
         "truncated.json": b'[{"id": 1, "problem": "Ava has 2 apples", "answer": "2"},\n {"id": 2, "problem": ',
+        "empty.jsonl": b"\n",
+        "nullanswer.jsonl": b'{"id": 1, "problem": "Ava has 2 apples", "answer": "2"}\n'
+                            b'{"id": 2, "problem": "Bo has 3 pens", "answer": null}\n',
+        "long.jsonl": b'{"id": 1, "problem": "Ava has 2 apples' + b" and 2 apples" * 20 + b'", "answer": "42"}\n',
     }
     out = {}
     for name, data in files.items():
@@ -35,6 +39,14 @@ CASES = {
     "malformed CSV": (["prepare"], [_source(Path("{ragged}"))],
                       "{ragged}:3: expected 3 comma-separated fields as in the header (id, problem, answer)"),
     "malformed JSON source": (["prepare"], [_source(Path("{truncated}"))], "{truncated}:2: not valid JSON"),
+    # prepare's input limits (issue 27)
+    "empty RL source": (["prepare"], [_source(Path("{empty}"))], "{empty}: no records (data.rl_sources.0 is empty)"),
+    "empty evaluation source": (["prepare"], ["eval.benchmarks=[mine]", "eval.sources={{mine: {{path: {empty}}}}}"],
+                                "{empty}: no records (eval.benchmarks[mine] is empty)"),
+    "null answer": (["prepare"], [_source(Path("{nullanswer}"))], "{nullanswer}:2: answer ('answer') is null"),
+    "problem over max_problem_chars": (["prepare"], [_source(Path("{long}")), "data.max_problem_chars=100"],
+                                       "{long}:1: problem ('problem') is 276 characters, over the limit "
+                                       "data.max_problem_chars = 100"),
     "compare --seeds a": (["compare", "--seeds", "a"], [], "--seeds 'a': expected comma-separated integers"),
     "compare --methods bridgee": (["compare", "--methods", "bridge,bridgee"], [], "unknown method(s) 'bridgee'"),
     "compare --sweep unknown key": (["compare", "--sweep", "train.bridge.lamda=0,1"], [],

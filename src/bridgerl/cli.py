@@ -184,7 +184,7 @@ def _place_outputs(args, argv: list[str], cfg):
         t = cfg.train
         t.out_dir, t.checkpoint_dir = str(root / "model"), str(root / "checkpoints")
         t.metrics_file, t.plots_file = str(root / "train.json"), str(root / "curve.csv")
-        if "LOCAL_RANK" not in os.environ:  # once: not again in the torchrun workers it starts
+        if "LOCAL_RANK" not in os.environ and not args.resume:  # once: not in the torchrun workers it starts
             print(f"bridgerl train: ad-hoc run {args.run!r}: outputs in {root}/ (the pipeline's {pipeline_out!r} "
                   f"is untouched; resume with --resume --run {args.run})", file=sys.stderr)
     elif c == "compare" and args.out is None:
@@ -246,7 +246,7 @@ def _check_args(args, cfg) -> None:
     if c == "train":
         from bridgerl.stages import train_preflight
 
-        train_preflight.check(cfg, resume=args.resume)
+        train_preflight.check(cfg, resume=args.resume, run=args.run)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -93,6 +93,10 @@ class DataConfig(_Section):
         0.05, ge=0.0, lt=1.0, description="share of RL prompts held out for validation during training")
     max_problems: int | None = Field(
         None, gt=0, description="keep only the first N RL problems (quick runs); None: all")
+    max_problem_chars: int = Field(
+        20000, gt=0, description=(
+            "longest problem or answer (characters) a loaded RL or evaluation source may hold; a longer record "
+            "is an error naming its file:line (a runaway row, e.g. a whole document in one cell)"))
     out_dir: str = Field("data/prepared", description="prepare's output directory")
 
 

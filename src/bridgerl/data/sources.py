@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from bridgerl.config import FieldMap, SourceSpec
-from bridgerl.io import DataError, read_json, read_jsonl, read_text
+from bridgerl.io import DataError, iter_jsonl, read_json, read_text
 
 log = logging.getLogger(__name__)
 
@@ -63,26 +63,32 @@ def _cell(v) -> str:
 
 
 def _rows_local(path: Path) -> list[dict]:
+    return [r for _, r in _located_rows(path)]
+
+
+def _located_rows(path: Path) -> list[tuple[str, dict]]:
+    """(where, row) for each record of a local file: `file:line` for JSONL and CSV, `file: record N` else."""
     suf = path.suffix.lower()
     if suf in (".jsonl", ".ndjson"):
-        return read_jsonl(path)
+        return [(f"{path}:{lineno}", row) for lineno, row in iter_jsonl(path)]
     if suf == ".json":
         data = read_json(path)
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise DataError(f"{path}: expected a JSON list of objects")
-        return data
+        return [(f"{path}: record {i}", r) for i, r in enumerate(data, 1)]
     if suf == ".parquet":
         import pandas as pd
         try:
-            return pd.read_parquet(path).to_dict(orient="records")
+            rows = pd.read_parquet(path).to_dict(orient="records")
         except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a corrupt file
             raise DataError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from None
+        return [(f"{path}: record {i}", r) for i, r in enumerate(rows, 1)]
     if suf == ".csv":
         return _rows_csv(path)
     raise DataError(f"{path}: unsupported file type {suf!r} (use .jsonl, .json, .parquet or .csv)")
 
 
-def _rows_csv(path: Path) -> list[dict]:
+def _rows_csv(path: Path) -> list[tuple[str, dict]]:
     import csv
     import io
 
@@ -94,7 +100,7 @@ def _rows_csv(path: Path) -> list[dict]:
             if None in r or any(v is None for v in r.values()):
                 raise DataError(f"{path}:{reader.line_num}: expected {len(reader.fieldnames)} comma-separated fields "
                                 f"as in the header ({', '.join(reader.fieldnames)})")
-            rows.append(r)
+            rows.append((f"{path}:{reader.line_num}", r))
     except csv.Error as e:
         raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
     if reader.fieldnames is None:
@@ -125,27 +131,45 @@ def provenance(spec: SourceSpec, rows: list[dict]) -> dict:
     return out
 
 
-def load_rows(spec: SourceSpec, where: str = "") -> list[dict]:
-    """Rows mapped to {id, problem, answer, data_source, source}; `where` prefixes error messages."""
+def _is_null(v) -> bool:
+    """None, or a missing cell as pandas gives it (NaN) for a parquet file."""
+    return v is None or (isinstance(v, float) and v != v)
+
+
+def _check_row(loc: str, r: dict, f: FieldMap, max_chars: int | None) -> None:
+    missing = [k for k in (f.problem, f.answer) + ((f.id,) if f.id else ()) if k not in r]
+    if missing:
+        raise DataError(f"{loc}: missing field(s) {', '.join(missing)} (field mapping {f.model_dump()})")
+    for what, key in (("problem", f.problem), ("answer", f.answer)):
+        if _is_null(r[key]) or not _cell(r[key]):
+            raise DataError(f"{loc}: {what} ({key!r}) is {'null' if _is_null(r[key]) else 'empty'}")
+        if max_chars is not None and len(_cell(r[key])) > max_chars:
+            raise DataError(f"{loc}: {what} ({key!r}) is {len(_cell(r[key]))} characters, over the limit "
+                            f"data.max_problem_chars = {max_chars}")
+
+
+def load_rows(spec: SourceSpec, where: str = "", max_chars: int | None = None) -> list[dict]:
+    """Rows mapped to {id, problem, answer, data_source, source}; `where` prefixes error messages. An empty
+    source, a null or empty problem/answer, or one longer than `max_chars` characters is a DataError."""
     if spec.kind == "embedded":
         raise DataError(f"{where or spec.name}: the embedded task is generated, not loaded")
     if spec.kind == "local":
-        raw, origin = _rows_local(Path(spec.path)), spec.path
+        located, origin = _located_rows(Path(spec.path)), spec.path
     else:
-        raw, origin = _rows_hub(spec), f"hub:{spec.path}"
+        origin = f"hub:{spec.path}"
+        located = [(f"{origin}: record {i}", r) for i, r in enumerate(_rows_hub(spec), 1)]
+    if not located:
+        raise DataError(f"{origin}: no records ({where or spec.name} is empty)")
     f = spec.fields
     rx = re.compile(spec.answer_regex, re.S | re.M) if spec.answer_regex else None
     out = []
-    for i, r in enumerate(raw, 1):
-        missing = [k for k in (f.problem, f.answer) + ((f.id,) if f.id else ()) if k not in r]
-        if missing:
-            raise DataError(f"{origin}: record {i}: missing field(s) {', '.join(missing)} "
-                            f"(field mapping {f.model_dump()})")
+    for loc, r in located:
+        _check_row(loc, r, f, max_chars)
         problem, answer = _cell(r[f.problem]), _cell(r[f.answer])
         if rx:
             m = rx.search(answer)
             if not m:
-                raise DataError(f"{origin}: record {i}: answer does not match answer_regex {spec.answer_regex!r}")
+                raise DataError(f"{loc}: answer does not match answer_regex {spec.answer_regex!r}")
             answer = m.group(1).strip()
         rid = _cell(r[f.id]) if f.id else _hash_id(problem)
         out.append({"id": rid, "problem": problem, "answer": answer, "data_source": spec.data_source,

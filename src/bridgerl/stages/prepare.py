@@ -4,6 +4,9 @@ Outputs (data.out_dir, written atomically as one directory):
   rl_train.jsonl, rl_val.jsonl   {id, problem, answer, data_source, source}
   eval/<benchmark>.jsonl         same fields, one file per eval.benchmarks entry
   data_card.json, data_card.md   counts at each step, sources, answer/length statistics
+
+Input limits (before anything is written): an empty RL or evaluation source, a null or empty problem or
+answer, or one longer than data.max_problem_chars is an error naming the file and line.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from tqdm import tqdm
 
 from bridgerl.config import Config
 from bridgerl.data import sources
-from bridgerl.io import atomic_dir, write_json, write_jsonl
+from bridgerl.io import DataError, atomic_dir, write_json, write_jsonl
 from bridgerl.tasks import synthetic
 from bridgerl.tracking import stage_run
 
@@ -36,7 +39,7 @@ def _rl_rows(cfg: Config) -> tuple[list[dict], dict, dict]:
         if spec.kind == "embedded":
             got = _synthetic_rows(cfg, cfg.data.synthetic.n_train, cfg.seed, "train")
         else:
-            got = sources.load_rows(spec, where=f"data.rl_sources.{i}")
+            got = sources.load_rows(spec, where=f"data.rl_sources.{i}", max_chars=cfg.data.max_problem_chars)
         counts[spec.name] = len(got)
         origins[spec.name] = sources.provenance(spec, got)
         rows.extend(got)
@@ -47,7 +50,7 @@ def _eval_rows(cfg: Config, name: str) -> list[dict]:
     spec = sources.resolve(name, cfg.eval.sources)
     if spec.kind == "embedded":
         return _synthetic_rows(cfg, cfg.data.synthetic.n_test, cfg.seed + EVAL_SEED_OFFSET, "test")
-    rows = sources.load_rows(spec, where=f"eval.benchmarks[{name}]")
+    rows = sources.load_rows(spec, where=f"eval.benchmarks[{name}]", max_chars=cfg.data.max_problem_chars)
     for r in rows:
         r["source"] = name
     return rows
@@ -112,7 +115,7 @@ def run(cfg: Config) -> dict:
     n_val = int(round(len(rl) * cfg.data.val_fraction))
     val, train = rl[:n_val], rl[n_val:]
     if not train:
-        raise ValueError(f"data: no RL training problems left after filtering (steps: {steps})")
+        raise DataError(f"data: no RL training problems left after filtering (steps: {steps})")
     steps.update(train=len(train), val=len(val))
     card = {
         "config_digest": cfg.digest(),

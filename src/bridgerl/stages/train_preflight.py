@@ -4,7 +4,8 @@
 - every module named in train.lora.target_modules exists in that model (matched as peft matches:
   the full module name or its last dotted parts), found on an empty meta-device copy;
 - train.prompt_batch is not larger than the RL training set (it would silently repeat prompts);
-- with --resume, the newest checkpoint was written by the same configuration.
+- with --resume, the newest intact checkpoint was written by the same configuration, and with
+  --run NAME there is one (a mistyped run name is an error, not a fresh run).
 """
 
 from __future__ import annotations
@@ -43,23 +44,34 @@ def check_lora_targets(cfg: Config, model_dir: Path) -> None:
                           f"(its modules: {', '.join(leaves)})")
 
 
-def check_resume(cfg: Config) -> None:
-    import torch
+def _runs_with_checkpoints(runs_dir: Path) -> list[str]:
+    return sorted(p.parent.name for p in runs_dir.glob("*/checkpoints") if any(p.glob("step-*")))
 
+
+def check_resume(cfg: Config, run: str | None = None) -> None:
+    """The newest intact checkpoint (sha256 against its manifest; no unpickling) has this configuration's
+    resume key; `--resume --run NAME` needs a checkpoint of that run (a typo would start a fresh run)."""
     from bridgerl.train import checkpoint
 
-    ckpts = checkpoint.list_checkpoints(cfg.train.checkpoint_dir)
-    if not ckpts:
+    root = Path(cfg.train.checkpoint_dir)
+    if not any(root.glob("step-*")):
+        if run is not None:
+            others = _runs_with_checkpoints(root.parent.parent)
+            raise ConfigError(f"train --resume --run {run}: no checkpoint in {root} to resume from (ad-hoc runs "
+                              f"with checkpoints: {', '.join(others) or 'none'}); drop --resume to start it afresh")
         return
-    state = torch.load(ckpts[-1] / "state.pt", map_location="cpu", weights_only=False, mmap=True)
+    found = checkpoint.newest_intact(root)  # CheckpointError (exit 2) when none is intact
+    if found is None:
+        return  # a DeepSpeed checkpoint: its engine checks it when it loads
+    ckpt, manifest, _ = found
     want = checkpoint.resume_key(cfg)
-    if state.get("resume_key") != want:
-        raise ConfigError(f"train --resume: {ckpts[-1] / 'state.pt'} was written by a different configuration "
-                          f"(resume key {state.get('resume_key')}, now {want}): seed, train.*, model.*, data.* or "
+    if manifest.get("resume_key") != want:
+        raise ConfigError(f"train --resume: {ckpt / checkpoint.STATE_FILE} was written by a different configuration "
+                          f"(resume key {manifest.get('resume_key')}, now {want}): seed, train.*, model.*, data.* or "
                           f"demos.* changed since; restore them, or train without --resume to start over")
 
 
-def check(cfg: Config, resume: bool = False) -> None:
+def check(cfg: Config, resume: bool = False, run: str | None = None) -> None:
     from bridgerl.train.methods import METHODS
 
     model_dir = Path(cfg.model.out_dir)
@@ -74,4 +86,4 @@ def check(cfg: Config, resume: bool = False) -> None:
             raise ConfigError(f"train.prompt_batch = {cfg.train.prompt_batch} is larger than the RL training set "
                               f"({n} problems in {rl}): lower it or add data")
     if resume:
-        check_resume(cfg)
+        check_resume(cfg, run)

@@ -12,7 +12,8 @@ weights and optimizer, gathering weights (export, the KL reference snapshot) and
   an offloaded θ̂ stays outside it, in host memory with its own optimizer: bridgerl.train.shadow);
   the frozen reference is ZeRO-3-partitioned when the policy is; checkpoints go through DeepSpeed's
   `save_checkpoint` / `load_checkpoint` (+ the trainer state as client state, one RNG file per rank);
-  export gathers the full weights on rank 0.
+  rank 0 writes `bridgerl_checkpoint.json` last (the sha256 of every file) and on resume verifies the
+  tags newest first, falling back to the newest intact one; export gathers the full weights on rank 0.
 
 Gradient clipping (`train.max_grad_norm`) is the same on both: the global norm over all trained
 parameters (θ, θ̂ and w together), DeepSpeed's `gradient_clipping` (docs/distributed.md says why).
@@ -21,8 +22,8 @@ parameters (θ, θ̂ and w together), DeepSpeed's `gradient_clipping` (docs/dist
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -187,6 +188,7 @@ class ViaEngine:
         return getattr(self._module, name)
 
 
+DS_MARKER = "bridgerl_checkpoint.json"  # written last: the checkpoint is complete; the sha256 of its files
 SHADOW_FILE = "shadow_offload.pt"  # the offloaded θ̂ and its optimizer in a DeepSpeed checkpoint (rank 0's)
 
 
@@ -297,11 +299,10 @@ class DeepSpeedEngine(TorchEngine):
             if self.env.is_main:
                 torch.save(state, root / tag / SHADOW_FILE)
         barrier()
-        if self.env.is_main:
-            (root / tag / "bridgerl_checkpoint.json").write_text(json.dumps(meta))
-            done = sorted((p for p in root.glob("step-*") if (p / "bridgerl_checkpoint.json").exists()),
-                          key=lambda p: int(p.name[5:]))
-            for old in done[:-keep]:
+        if self.env.is_main:  # the completion marker, with the sha256 of every file of the checkpoint
+            checkpoint.write_manifest(root / tag, key, step, name=DS_MARKER, world_size=meta["world_size"],
+                                      strategy=meta["strategy"])
+            for old in _ds_done(root)[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
         barrier()
         return root / tag
@@ -309,14 +310,12 @@ class DeepSpeedEngine(TorchEngine):
     def load(self, ckpt_dir: str | Path, key: str) -> tuple[dict, dict | None] | None:
         """All ranks: resume from DeepSpeed's `latest` checkpoint; returns (trainer state, this rank's RNG)."""
         root = Path(ckpt_dir)
-        latest = root / "latest"
-        if not latest.exists():
+        if not (root / "latest").exists():
             return None
-        tag = latest.read_text().strip()
-        meta_file = root / tag / "bridgerl_checkpoint.json"
-        if not meta_file.exists():
-            raise ValueError(f"{root / tag}: incomplete checkpoint (no bridgerl_checkpoint.json); remove {root}")
-        meta = json.loads(meta_file.read_text())
+        found = self._intact_tag(root)
+        if isinstance(found, str):
+            raise checkpoint.CheckpointError(found)
+        tag, meta = found
         if meta["resume_key"] != key:
             raise ValueError(f"{root / tag}: checkpoint was written by a different configuration (resume key "
                              f"{meta['resume_key']} != {key}); remove {root} or run without --resume")
@@ -327,11 +326,39 @@ class DeepSpeedEngine(TorchEngine):
         if path is None:
             raise ValueError(f"{root / tag}: DeepSpeed could not load this checkpoint")
         if self.shadow_offload is not None:
-            sd = torch.load(root / tag / SHADOW_FILE, map_location="cpu", weights_only=False)
+            sd = checkpoint.safe_load(root / tag / SHADOW_FILE)
             self.shadow_offload.load_state_dict(sd["shadow"])
             self.shadow_offload.optimizer.load_state_dict(sd["optimizer"])
         rng = root / tag / f"rng_rank{self.env.rank}.pt"
-        return client, (torch.load(rng, weights_only=False) if rng.exists() else None)
+        return client, (checkpoint.safe_load(rng) if rng.exists() else None)
+
+    def _intact_tag(self, root: Path) -> tuple[str, dict] | str:
+        """Rank 0 verifies the complete checkpoints newest first (DeepSpeed's `latest` first) against their
+        sha256 and tells the other ranks: (tag, its marker), or an error message when none is intact."""
+        found: tuple[str, dict] | str = ""
+        if self.env.is_main:
+            latest = (root / "latest").read_text().strip()
+            tags = [latest] + [p.name for p in reversed(_ds_done(root)) if p.name != latest]
+            skipped = []
+            for tag in tags:
+                try:
+                    found = (tag, checkpoint.verify(root / tag, name=DS_MARKER))
+                    break
+                except checkpoint.CheckpointError as e:
+                    skipped.append(str(e))
+            else:
+                found = (f"no intact checkpoint in {root} to resume from: {skipped[0]}; remove it, or train "
+                         f"without --resume")
+            if skipped and not isinstance(found, str):
+                print(f"bridgerl train: warning: {skipped[0]}; resuming from the older {root / found[0]}",
+                      file=sys.stderr, flush=True)
+        if self.env.world_size > 1:
+            import torch.distributed as dist
+
+            box = [found]
+            dist.broadcast_object_list(box, src=0)
+            found = box[0]
+        return found
 
     def _shadow_offload_state(self) -> dict | None:
         """θ̂ and its optimizer state (whole on rank 0; None elsewhere when the optimizer is sharded)."""
@@ -341,6 +368,11 @@ class DeepSpeedEngine(TorchEngine):
             if not self.env.is_main:
                 return None
         return {"shadow": self.shadow_offload.state_dict(), "optimizer": opt.state_dict()}
+
+
+def _ds_done(root: Path) -> list[Path]:
+    """The complete DeepSpeed checkpoints under `root` (with their marker), oldest first."""
+    return sorted((p for p in root.glob("step-*") if (p / DS_MARKER).exists()), key=lambda p: int(p.name[5:]))
 
 
 def make_engine(cfg: Config, models: Models, optimizer: torch.optim.Optimizer, env: ProcEnv) -> TorchEngine:
