@@ -140,6 +140,8 @@ def test_guard_kills_a_worker_stuck_beyond_its_timer_and_recovers():
     ("\\boxed{}", None, False),  # empty box is no answer (counted by no_answer_rate)
     ("\\boxed{2} then \\boxed{}", "2", True),
     ("2.2.2", None, False),  # not a number (read ".2" before)
+    # SmolLM2 echoes the instruction as its "answer": the last number is read instead (was "within \\boxed{}")
+    ("So 5 - 3 = 2 apples.\n\nThe final answer is within \\boxed{}.", "2", True),
 ])
 def test_synthetic_scoring_cases(output, extracted, correct):
     from bridgerl.rewards import judge

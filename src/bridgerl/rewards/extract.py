@@ -76,8 +76,8 @@ def _answer_is(text: str) -> str | None:
     stop = _SENTENCE_END.search(value)
     value = (value[:stop.start()] if stop else value).strip()
     value = value.lstrip(":").strip().strip("$").strip()
-    if not value or _EMPTY_BOXES.fullmatch(value):
-        return None
+    if not value or _EMPTY_BOXES.fullmatch(value) or "\\boxed{}" in value.replace(" ", ""):
+        return None  # the instruction echoed ("the answer is within \\boxed{}"): no answer given here
     return value
 
 
