@@ -143,6 +143,8 @@ def fix_generation_config(model, tok) -> list[int]:
     """Put every end id in the model's generation config (pad: the tokenizer's); returns the ids."""
     ids = end_ids(tok, model.config, model.generation_config)
     gc = model.generation_config
+    if not ids:  # a model without any end id: left as it is (rollout's stop_token_ids names the problem)
+        return []
     gc.eos_token_id = ids if len(ids) > 1 else ids[0]
     if gc.pad_token_id is None:
         gc.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else ids[0]
