@@ -121,3 +121,16 @@ def test_bridge_iteration_with_vllm_rollouts_then_evaluate(smol):
     e = evaluate.run(cfg)
     preds = [json.loads(x) for x in next((root / "eval").rglob("*.jsonl")).read_text().splitlines()]
     assert len(preds) == 8 and 0.0 <= e["avg_accuracy"] <= 1.0
+
+
+def test_rl_zero_iteration_with_vllm_rollouts(smol, tmp_path):
+    from bridgerl.stages import train
+
+    out = [f"train.out_dir={tmp_path}/trained", f"train.checkpoint_dir={tmp_path}/ckpt",
+           f"train.metrics_file={tmp_path}/train.json", f"train.plots_file={tmp_path}/curve.csv"]
+    m = train.run(_cfg(smol["root"], "train.steps=1", "train.method=rl_zero", *out), progress=False)
+    assert m["rollout_backend"] == "vllm" and m["method"] == "rl_zero"
+    head, last = [r.split(",") for r in (tmp_path / "curve.csv").read_text().splitlines()[::1][:1] +
+                  (tmp_path / "curve.csv").read_text().splitlines()[-1:]]
+    assert float(last[head.index("engine_logp_abs_diff")]) < 1e-3
+    assert float(last[head.index("response_length")]) > 0 and m["kl_last10"] < 1e-2
