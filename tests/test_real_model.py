@@ -28,7 +28,8 @@ def _cfg(root: Path, *overrides: str):
 
     return load_config(REPO / "params.yaml", [*path_overrides(root), "tracking.enabled=false",
                                               "data.synthetic.n_train=60", "data.synthetic.n_test=16",
-                                              "demos.max_problems=8", "eval.benchmarks=[synthetic]", *overrides], preset="smollm2-135m")
+                                              "demos.max_problems=8", "eval.benchmarks=[synthetic]", *overrides],
+                       preset="smollm2-135m")
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,7 @@ def _chat_ids(tok, texts):
 
 
 def test_gguf_becomes_a_plain_checkpoint(smol):
+    from bridgerl import lineage
     from bridgerl.model import source
 
     d, info = smol["dir"], smol["info"]
@@ -58,7 +60,7 @@ def test_gguf_becomes_a_plain_checkpoint(smol):
     assert gen["eos_token_id"][:2] == [IM_END, ENDOFTEXT]
     assert (d / "chat_template.jinja").is_file() or "chat_template" in (d / "tokenizer_config.json").read_text()
     src = source.package_file(smol["cfg"].model.base)
-    assert info["source_sha256"] == source.sha256(src) and info["dtype"] == "float32"
+    assert info["source_sha256"] == lineage.digest(src) and info["dtype"] == "float32"
     assert json.loads((d / "bridgerl_base.json").read_text())["source_sha256"] == info["source_sha256"]
 
 

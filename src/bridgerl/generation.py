@@ -23,10 +23,10 @@ class Generated:
 
 def stop_ids(model, tokenizer) -> list[int]:
     """The model's generation-config EOS ids (an int or a list), then the tokenizer's, unique."""
-    ids: list[int] = []
-    for v in (getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer.eos_token_id):
-        ids += [i for i in (v if isinstance(v, (list, tuple)) else [v]) if isinstance(i, int)]
-    return list(dict.fromkeys(ids))
+    from bridgerl.rollout.base import _ids
+
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    return list(dict.fromkeys(_ids(gen_eos) + _ids(tokenizer.eos_token_id)))
 
 
 @torch.no_grad()

@@ -16,7 +16,6 @@ rollouts and evaluation stop at each.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,14 +81,6 @@ def local_path(m: ModelConfig) -> Path | None:
     if src.local_file is not None:
         return src.local_file
     return Path(src.path) if Path(src.path).exists() else None
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def end_ids(tok, *configs) -> list[int]:

@@ -36,6 +36,7 @@ def run(cfg: Config) -> dict:
 
 
 def _convert(cfg: Config, tmp: Path) -> dict:
+    from bridgerl import lineage
     from bridgerl.model import source
     from bridgerl.model.loading import load_model, load_tokenizer, resolve_dtype
 
@@ -59,5 +60,5 @@ def _convert(cfg: Config, tmp: Path) -> dict:
             "eos_token_ids": eos, "chat_template": bool(getattr(tok, "chat_template", None))}
     local = source.local_path(cfg.model)
     if local is not None and local.is_file():
-        info.update(source_file=str(local), source_sha256=source.sha256(local))
+        info.update(source_file=str(local), source_sha256=lineage.digest(local))
     return info
