@@ -49,10 +49,7 @@ def make(cfg, method: str, fixed: bool):
     c = cfg.model_copy(deep=True)
     c.train.method = method
     tr = make_trainer(c, device="cpu")
-    if fixed:
-        base = tr.engine.generate_kwargs
-        n = c.train.grpo.max_new_tokens
-        tr.engine.generate_kwargs = lambda: {**base(), "min_new_tokens": n}
+    tr.rollout.ignore_eos = fixed  # the rollout engine (HF or vLLM) generates max_new_tokens every time
     tr.train_step()
     return tr
 

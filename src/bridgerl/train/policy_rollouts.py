@@ -36,6 +36,9 @@ class PolicyRollouts:
         self.batch_size = max(rows_per_batch, cfg.eval.batch_size)
         self._engine: RolloutEngine | None = None
         self._version: int | None = None  # the trainer step whose weights the engine holds
+        # benchmarks only (benchmarks/bench_trainer.py --lengths fixed): every rollout runs to max_new_tokens,
+        # so methods whose policies answer at different lengths are timed on the same work
+        self.ignore_eos = False
 
     @functools.cached_property
     def backend(self) -> str:
@@ -88,7 +91,8 @@ class PolicyRollouts:
                  top_p: float, max_new_tokens: int, seeds: Sequence[int] | None = None) -> list[list[Rollout]]:
         """All ranks: `n` rollouts per prompt from π(θ, w) as of trainer step `version`."""
         self.sync(version)
-        out = self.engine.generate(prompt_ids, n, temperature, top_p, max_new_tokens, seeds=seeds)
+        out = self.engine.generate(prompt_ids, n, temperature, top_p, max_new_tokens, seeds=seeds,
+                                   ignore_eos=self.ignore_eos)
         sleep = getattr(self.engine, "sleep", None)  # vLLM on GPU with sleep mode: free its memory for the update
         if sleep is not None:
             sleep()
