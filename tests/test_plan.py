@@ -96,3 +96,21 @@ def test_hf_rollouts_count_the_generation_copy_and_its_kv_cache():
     assert hf["rollout_phase_gb"] == pytest.approx(hf["training_state_gb"] + copy + kv + 3.0, abs=0.02)
     _, live = _plan("-S", "train.rollout.backend=hf", "-S", "train.rollout.hf_generation_copy=false")
     assert "HF generation copy (weights)" not in {r["item"] for r in live["rows"]}
+
+
+def test_cpu_device_counts_fp32_the_process_baseline_and_keeps_vllm_out():
+    """--device cpu: the checkpoint's fp32 (4 B weights, 8 B AdamW moments in one process), no CUDA reserve
+    but the process's baseline, vLLM's CPU engine in its own process (not in the trainer's peak) and the
+    merged copy a weight sync makes."""
+    _, gpu = _plan("-S", "train.distributed.strategy=none", "-S", "train.distributed.nproc=1")
+    _, cpu = _plan("-S", "train.distributed.strategy=none", "-S", "train.distributed.nproc=1", "--device", "cpu",
+                   "--gpu-memory-gb", "24")
+    g, c = ({r["item"]: r for r in x["rows"]} for x in (gpu, cpu))
+    assert c["policy θ: weights"]["gb"] == pytest.approx(2 * g["policy θ: weights"]["gb"], rel=0.01)
+    assert "reserve (context, NCCL, buckets)" not in c and "process baseline (Python, torch, data)" in c
+    assert c["vLLM engine process (not in this peak)"]["gb"] == 0 and "vLLM (weights + KV cache)" not in c
+    assert c["merged weights for the engine (rollout phase)"]["gb"] == pytest.approx(c["policy θ: weights"]["gb"])
+    assert c["activations (one micro-batch)"]["gb"] > 2 * g["activations (one micro-batch)"]["gb"]
+    assert cpu["device"] == "cpu" and not cpu["fits"]  # a 3B BRIDGE run is no laptop job
+    p, _ = _plan("--device", "tpu")
+    assert p.returncode == 2 and "--device" in p.stderr

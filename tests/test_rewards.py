@@ -142,6 +142,10 @@ def test_guard_kills_a_worker_stuck_beyond_its_timer_and_recovers():
     ("2.2.2", None, False),  # not a number (read ".2" before)
     # SmolLM2 echoes the instruction as its "answer": the last number is read instead (was "within \\boxed{}")
     ("So 5 - 3 = 2 apples.\n\nThe final answer is within \\boxed{}.", "2", True),
+    # SmolLM2 boxes the equation: its right-hand side is the answer
+    ("\\boxed{5 - 3 = 2}", "5 - 3 = 2", True),
+    ("\\boxed{5 - 3 = 3}", "5 - 3 = 3", False),
+    ("\\boxed{x = 2}", "x = 2", True),
 ])
 def test_synthetic_scoring_cases(output, extracted, correct):
     from bridgerl.rewards import judge

@@ -48,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd("config", "print the resolved, validated configuration")
     p = cmd("plan", "per-GPU memory budget of the training configuration (exit 1: it does not fit)")
-    p.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory of one GPU in GiB (default: 80)")
+    p.add_argument("--gpu-memory-gb", type=float, default=80.0,
+                   help="memory of one GPU (with --device cpu: of the machine) in GiB (default: 80)")
+    p.add_argument("--device", choices=("gpu", "cpu"), default="gpu",
+                   help="gpu (default): the per-GPU budget; cpu: the training process's peak on a CPU-only machine")
     p.add_argument("--nproc", type=int, default=None, help="GPUs / processes (default: train.distributed.nproc)")
     p.add_argument("--prompt-tokens", type=int, default=256, help="longest prompt, in tokens (default: 256)")
     p.add_argument("--json", action="store_true", help="the budget as JSON")
@@ -320,7 +323,7 @@ def _dispatch(args, cfg) -> int:
     if c == "plan":
         from bridgerl import plan
 
-        text, fits = plan.main(cfg, args.gpu_memory_gb, args.nproc, args.json, args.prompt_tokens)
+        text, fits = plan.main(cfg, args.gpu_memory_gb, args.nproc, args.json, args.prompt_tokens, args.device)
         _emit(text)
         return 0 if fits else 1
     if c == "resolve-config":

@@ -1,4 +1,5 @@
-"""`bridgerl plan`: the per-GPU memory budget of a training configuration, before launching it.
+"""`bridgerl plan`: the per-GPU memory budget of a training configuration, before launching it
+(`--device cpu`: the training process's peak memory on a CPU-only machine).
 
 From the configuration alone (no GPU, no hub): the model's shape (a local config.json, else the small
 table below), the method's models (policy, shadow θ̂, LoRA w, reference), the engine (one process or
@@ -20,6 +21,13 @@ share, it adds up what one GPU holds:
   transformers (backend hf): the generation copy's weights (kept) and generate's KV cache (rollout phase).
 - a reserve for the CUDA context, NCCL and DeepSpeed's buckets (an estimate, stated as such).
 
+On a CPU (`device="cpu"`) the same terms are counted in the checkpoint's dtype (fp32 unless model.dtype
+says bf16/fp16: activations twice the bf16 figure plus the attention weights SDPA's CPU kernel keeps,
+heads x sequence per token and layer; logits 12 bytes per entry), the reserve is the
+process's own baseline (Python, torch, transformers: ~0.6 GiB measured after imports), and vLLM's CPU
+engine is another process (its weights + rollout.kv_cache_gb, shown, not added to the trainer's peak);
+pushing new weights to it takes a merged copy of the policy in the trainer (rollout phase).
+
 Estimates, not measurements: docs/scale.md says how they compare with measured runs.
 """
 
@@ -36,6 +44,7 @@ from bridgerl.train.methods import METHODS
 
 GB = 1024**3
 RESERVE_GB = 3.0  # CUDA context + NCCL + allocator fragmentation + DeepSpeed buckets (estimate)
+CPU_BASELINE_GB = 0.75  # a CPU training process before its models: Python, torch, transformers, data (estimate)
 
 # model shapes for hub ids the plan knows without the hub (Qwen2.5 base and instruct share them)
 _QWEN = dict(model_type="qwen2", vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6)
@@ -106,6 +115,7 @@ class Plan:
     gpu_gb: float
     state_gb: float
     host_gb: float = 0.0  # host memory per process: an offloaded shadow θ̂, offloaded optimizer state
+    device: str = "gpu"
 
     @property
     def fits(self) -> bool:
@@ -115,31 +125,41 @@ class Plan:
         return {"rows": [{"item": r, "gb": round(g, 2), "how": h} for r, g, h in self.rows],
                 "training_state_gb": round(self.state_gb, 2), "training_phase_gb": round(self.train_gb, 2),
                 "rollout_phase_gb": round(self.rollout_gb, 2), "gpu_memory_gb": self.gpu_gb, "fits": self.fits,
-                "host_memory_gb": round(self.host_gb, 2)}
+                "host_memory_gb": round(self.host_gb, 2), "device": self.device}
 
     def table(self) -> str:
         w = max(_width(r) for r, _, _ in self.rows)
-        lines = [f"{'item'.ljust(w)}  {'GiB/GPU':>8}  how", "-" * (w + 40)]
+        unit = "GiB/GPU" if self.device == "gpu" else "GiB"
+        lines = [f"{'item'.ljust(w)}  {unit:>8}  how", "-" * (w + 40)]
         lines += [f"{r}{' ' * (w - _width(r))}  {g:8.2f}  {h}" for r, g, h in self.rows]
         lines += ["-" * (w + 40),
                   f"{'training state'.ljust(w)}  {self.state_gb:8.2f}",
                   f"{'peak, training phase'.ljust(w)}  {self.train_gb:8.2f}",
                   f"{'peak, rollout phase'.ljust(w)}  {self.rollout_gb:8.2f}",
                   f"{'host memory per process'.ljust(w)}  {self.host_gb:8.2f}",
-                  f"fits in {self.gpu_gb:g} GiB: {'yes' if self.fits else 'NO'} "
+                  f"fits in {self.gpu_gb:g} GiB{' (the machine)' if self.device == 'cpu' else ''}: "
+                  f"{'yes' if self.fits else 'NO'} "
                   f"(headroom {self.gpu_gb - max(self.train_gb, self.rollout_gb):.1f} GiB)"]
         return "\n".join(lines)
 
 
-def plan(cfg: Config, gpu_gb: float = 80.0, nproc: int | None = None, prompt_tokens: int = 256) -> Plan:
-    """The per-GPU budget of `cfg` on `nproc` processes (default train.distributed.nproc)."""
+def plan(cfg: Config, gpu_gb: float = 80.0, nproc: int | None = None, prompt_tokens: int = 256,
+         device: str = "gpu") -> Plan:
+    """The per-GPU budget of `cfg` on `nproc` processes (default train.distributed.nproc); device "cpu":
+    one training process's peak on a CPU-only machine with `gpu_gb` GiB of memory."""
+    if device not in ("gpu", "cpu"):
+        raise ConfigError(f"plan --device {device!r}: expected gpu or cpu")
+    cpu = device == "cpu"
     t, d = cfg.train, cfg.train.distributed
     W = nproc or d.nproc
     m = METHODS[t.method]
     mcfg = model_config(cfg)
     P, lora = count_params(mcfg, t.lora.r, t.lora.target_modules)
     lora = lora if m.lora else 0
-    b = 4 if cfg.model.dtype == "float32" else 2  # bf16 on GPU unless float32 is asked for
+    if cpu:  # the checkpoint's dtype: fp32 (init-model's default on CPU) unless a 16-bit one is asked for
+        b = 2 if cfg.model.dtype in ("bfloat16", "float16") else 4
+    else:
+        b = 4 if cfg.model.dtype == "float32" else 2  # bf16 on GPU unless float32 is asked for
     ds = d.strategy != "none"
     stage = {"none": 0, "zero2": 2, "zero3": 3}[d.strategy]
     opt_b = (12 if t.optimizer == "adamw" else 4) if ds else (2 * b if t.optimizer == "adamw" else 0)
@@ -191,7 +211,9 @@ def plan(cfg: Config, gpu_gb: float = 80.0, nproc: int | None = None, prompt_tok
     seqs = max(1, t.prompt_batch * t.grpo.group_size // (t.grpo.mini_batches * W)) if m.rl \
         else max(1, t.demo_batch // W)
     tokens = min(t.micro_batch_tokens, seqs * seq) if t.micro_batch_tokens else seqs * seq
-    per_layer = 20 * h + 4 * kv + 8 * inter
+    per_layer = (20 * h + 4 * kv + 8 * inter) * b // 2  # the bf16 figure, doubled in fp32
+    if cpu:  # SDPA's math kernel on CPU keeps each query's attention weights (no flash kernel)
+        per_layer += mcfg.num_attention_heads * seq * b
     if t.gradient_checkpointing:
         act = tokens * (L * 2 * h + per_layer)
         how = f"{tokens} tokens x ({L} layers x 2h + one layer) (checkpointing)"
@@ -204,17 +226,27 @@ def plan(cfg: Config, gpu_gb: float = 80.0, nproc: int | None = None, prompt_tok
         c = min(t.logprob_chunk_tokens, tokens)
         add("output layer (one chunk)", c * V * 14, f"{c} positions x {V} x 14 B (chunked)")
     else:
-        add("output layer (full logits)", tokens * V * 10, f"{tokens} tokens x {V} x 10 B")
+        lb = 12 if b == 4 else 10  # logits + their fp32 log-softmax + the entropy's softmax
+        add("output layer (full logits)", tokens * V * lb, f"{tokens} tokens x {V} x {lb} B")
     if m.shadow and t.bridge.shadow_offload:
         add("shadow θ̂ during its pass", 2 * P * b, "weights + gradients, whole, brought from host memory")
-    add("reserve (context, NCCL, buckets)", RESERVE_GB * GB, "estimate")
+    reserve = CPU_BASELINE_GB if cpu else RESERVE_GB
+    add("process baseline (Python, torch, data)" if cpu else "reserve (context, NCCL, buckets)", reserve * GB,
+        "estimate")
     transient = sum(g for r, g, _ in rows[len(rows) - (4 if m.shadow and t.bridge.shadow_offload else 3):]) * GB
 
     # the rollout engine
     r = t.rollout
     vllm = r.backend in ("vllm", "auto")
-    share = r.gpu_memory_utilization * gpu_gb * GB if vllm else 0.0
-    if vllm:
+    share = r.gpu_memory_utilization * gpu_gb * GB if vllm and not cpu else 0.0
+    sync = 0.0
+    if vllm and cpu:  # vLLM's CPU engine: another process; the trainer builds a merged copy to push weights
+        kv_how = (f"~{(P * b + r.kv_cache_gb * GB) / GB:.2f} GiB in its own process: weights + kv_cache_gb "
+                  f"{r.kv_cache_gb}") if r.kv_cache_gb else "its own process: weights + vLLM's default KV cache"
+        add("vLLM engine process (not in this peak)", 0, kv_how)
+        sync = P * b
+        add("merged weights for the engine (rollout phase)", sync, f"{P / 1e9:.3f}B x {b} B, during a weight sync")
+    elif vllm:
         kv_bytes = max(share - P * b, 0)
         kv_tokens = kv_bytes / (2 * L * kv * b)
         add("vLLM (weights + KV cache)", share,
@@ -230,16 +262,17 @@ def plan(cfg: Config, gpu_gb: float = 80.0, nproc: int | None = None, prompt_tok
         add("HF generate KV cache (rollout phase)", hf_kv,
             f"{n_rollouts} rollouts x {seq} tokens x {L} layers x 2 x {kv} x {b} B; freed after generate")
     train_gb = (state + transient + (0 if r.sleep else share) + hf_copy) / GB
-    rollout_gb = (state + share + hf_copy + hf_kv + RESERVE_GB * GB) / GB
-    return Plan(rows, train_gb, rollout_gb, gpu_gb, state / GB, host / GB)
+    rollout_gb = (state + share + hf_copy + hf_kv + sync + reserve * GB) / GB
+    return Plan(rows, train_gb, rollout_gb, gpu_gb, state / GB, host / GB, device)
 
 
-def main(cfg: Config, gpu_gb: float, nproc: int | None, as_json: bool, prompt_tokens: int = 256) -> tuple[str, bool]:
-    p = plan(cfg, gpu_gb, nproc, prompt_tokens)
+def main(cfg: Config, gpu_gb: float, nproc: int | None, as_json: bool, prompt_tokens: int = 256,
+         device: str = "gpu") -> tuple[str, bool]:
+    p = plan(cfg, gpu_gb, nproc, prompt_tokens, device)
     if as_json:
         return json.dumps(p.as_dict()), p.fits
     W = nproc or cfg.train.distributed.nproc
-    head = (f"{cfg.model.base}, method {cfg.train.method}, {W} x GPU, strategy {cfg.train.distributed.strategy}"
+    head = (f"{cfg.model.base}, method {cfg.train.method}, {W} x {device.upper()}, strategy {cfg.train.distributed.strategy}"
             f"{' + offload' if cfg.train.distributed.offload else ''}, micro_batch_tokens "
             f"{cfg.train.micro_batch_tokens}, gradient_checkpointing {cfg.train.gradient_checkpointing}")
     return head + "\n" + p.table(), p.fits

@@ -2,7 +2,8 @@
 
 The answer is taken by the shared extractor (`extract.extract_answer`: boxed, else "answer is X", else
 the last number), so a plain "2" or "The answer is 2" counts as the math checker would count it; the
-value is compared exactly as a rational number ("2", "2.0", "4/2", "2,000" are integers).
+value is compared exactly as a rational number ("2", "2.0", "4/2", "2,000" are integers); an equation's
+right-hand side is the answer ("5 - 3 = 2", "x = 2": small models box the whole equation).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ def check(pred: str | None, answer: str, timeout_s: float = 5.0) -> bool:
     if not pred:
         return False
     try:
-        return Fraction(clean_answer(pred).replace(",", "").replace(" ", "")) == int(str(answer).strip())
+        value = clean_answer(pred).rsplit("=", 1)[-1]
+        return Fraction(value.replace(",", "").replace(" ", "")) == int(str(answer).strip())
     except (ValueError, ZeroDivisionError):
         return False
 

@@ -4,9 +4,14 @@ Inputs: train.out_dir (or --model), eval.metrics_file (it must record this model
 another model or of scored predictions are refused), dvc.lock in the working directory (provenance,
 when present). Output: registry.out_file {name, version, run_id, model_uri, key, aliases, metric, ...}.
 
-The model is logged with the MLflow transformers flavor (text-generation; signature with the
-generation settings as params, an input example, the evaluation prompt as prompt template, the
-generation settings as model config). The version carries its provenance as tags: git commit, DVC
+The model is logged with the MLflow transformers flavor, served one of two ways (`serving`):
+- a chat model (its tokenizer has a chat template, eval.use_chat_template): MLflow's chat task
+  (`llm/v1/chat`, OpenAI-style `{"messages": [...]}` in, a chat completion out); the prompt is the
+  messages through the model's chat template and nothing else, so "What is the capital of France?" is
+  asked as such; the model card gives the evaluation prompt to send for a problem as evaluated;
+- a model without a chat template (the embedded tiny model): text-generation, a problem in, the
+  evaluation prompt as prompt template, the generation settings as signature params.
+Both are greedy by default (evaluation's settings as model config). The version carries its provenance as tags: git commit, DVC
 hashes, a hash of the resolved params, method, base model, every evaluation metric
 (`metric.<key>`), the Kubeflow run id under Kubeflow. Registration is resumable: see
 bridgerl.registry (a rerun completes a version left pending, it never registers the same model
@@ -105,7 +110,7 @@ def check_evaluated(cfg: Config, model_dir: Path, digest: str) -> None:
                         f"run `bridgerl evaluate --model {model_dir}` first")
 
 
-def model_card(cfg: Config, metrics: dict[str, float], tags: dict[str, str]) -> str:
+def model_card(cfg: Config, metrics: dict[str, float], tags: dict[str, str], serving_line: str = "") -> str:
     """The version description: method, base model, data, metrics, where it came from."""
     t, d = cfg.train, cfg.data
     sources = ", ".join(f"{s.name} ({s.kind}{': ' + s.path if s.path else ''}"
@@ -119,6 +124,8 @@ def model_card(cfg: Config, metrics: dict[str, float], tags: dict[str, str]) -> 
     data = {k: v for k, v in tags.items() if k.startswith(lineage.PARENT_TAG)}
     if data:
         lines.append("- data: " + ", ".join(f"{k[len(lineage.PARENT_TAG):]} sha256 {v[:12]}" for k, v in sorted(data.items())))
+    if serving_line:
+        lines.append(serving_line)
     return "\n".join(lines)
 
 
@@ -135,6 +142,26 @@ def generation_config(cfg: Config) -> dict:
     sample = e.temperature > 0
     return {"max_new_tokens": e.max_new_tokens, "do_sample": sample, "return_full_text": False,
             "temperature": e.temperature if sample else 1.0, "top_p": e.top_p if sample else 1.0}
+
+
+def serves_chat(cfg: Config, tokenizer) -> bool:
+    """Whether the model is served as a chat model (MLflow's llm/v1/chat): it has a chat template and
+    evaluation asked through it."""
+    return bool(cfg.eval.use_chat_template and getattr(tokenizer, "chat_template", None))
+
+
+def serving(cfg: Config, tokenizer) -> str:
+    """How the served model builds its prompt, for the model card."""
+    e = cfg.eval
+    decoding = (f"greedy, up to {e.max_new_tokens} new tokens" if e.temperature == 0 else
+                f"temperature {e.temperature}, top_p {e.top_p}, up to {e.max_new_tokens} new tokens")
+    if serves_chat(cfg, tokenizer):
+        return ("- serving: chat (`llm/v1/chat`): `{\"messages\": [{\"role\": \"user\", \"content\": ...}]}`; "
+                "the prompt is the messages through the model's chat template, nothing added; " + decoding
+                + "; to ask a problem as it was evaluated, send as the user message: `"
+                + e.prompt_template.replace("{{", "{").replace("}}", "}") + "`")
+    return ("- serving: text generation: a problem (a string) in, asked as `" + e.prompt_template.replace("{{", "{")
+            .replace("}}", "}") + "` (the evaluation prompt; the model has no chat template); " + decoding)
 
 
 def prompt_template(cfg: Config, tokenizer) -> str:
@@ -193,11 +220,19 @@ def _log_and_register(cfg: Config, mlc, model_dir: Path, metrics: dict, tags: di
         with _LOAD_LOCK:
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
             tok = AutoTokenizer.from_pretrained(model_dir)
-            info = mlflow.transformers.log_model(
-                transformers_model={"model": model, "tokenizer": tok}, name="model", task="text-generation",
-                signature=infer_signature([INPUT_EXAMPLE], ["generated text"], params=gen),
-                input_example=[INPUT_EXAMPLE], model_config=gen, prompt_template=prompt_template(cfg, tok),
-                pip_requirements=_requirements(), run_id=source_run)
+            if serves_chat(cfg, tok):  # OpenAI-style chat messages through the chat template, nothing added
+                info = mlflow.transformers.log_model(
+                    transformers_model={"model": model, "tokenizer": tok}, name="model", task="llm/v1/chat",
+                    input_example={"messages": [{"role": "user", "content": INPUT_EXAMPLE}]},
+                    model_config={k: v for k, v in gen.items() if k != "return_full_text"},
+                    pip_requirements=_requirements(), run_id=source_run)
+            else:
+                info = mlflow.transformers.log_model(
+                    transformers_model={"model": model, "tokenizer": tok}, name="model", task="text-generation",
+                    signature=infer_signature([INPUT_EXAMPLE], ["generated text"], params=gen),
+                    input_example=[INPUT_EXAMPLE], model_config=gen, prompt_template=prompt_template(cfg, tok),
+                    pip_requirements=_requirements(), run_id=source_run)
+            card = model_card(cfg, metrics, tags, serving(cfg, tok))
         mlflow.log_input(model=LoggedModelInput(info.model_id))  # the register run consumed this model
         try:
             mlc.create_registered_model(name, description=MODEL_DESCRIPTION)
@@ -205,7 +240,7 @@ def _log_and_register(cfg: Config, mlc, model_dir: Path, metrics: dict, tags: di
             if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
                 raise
         return mlc.create_model_version(name, source=info.model_uri, run_id=source_run, model_id=info.model_id,
-                                        description=model_card(cfg, metrics, tags), await_creation_for=0,
+                                        description=card, await_creation_for=0,
                                         tags={**tags, registry.KEY_TAG: key, registry.STATE_TAG: registry.PENDING})
 
 
