@@ -318,7 +318,7 @@ def _dispatch(args, cfg) -> int:
     if c == "config":
         import yaml
 
-        _emit(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        _emit(yaml.safe_dump(cfg.loggable(), sort_keys=False))  # secrets redacted
         return 0
     if c == "plan":
         from bridgerl import plan

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -530,14 +531,54 @@ class Config(_Section):
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def flat(self) -> dict[str, Any]:
-        """Dotted keys → values, for logging as MLflow params."""
-        return flatten(self.model_dump(mode="json"))
+        """Dotted keys → values, for logging as MLflow params (secrets redacted: `redact`)."""
+        return flatten(self.loggable())
+
+    def loggable(self) -> dict[str, Any]:
+        """The configuration as logged (MLflow params and config.json artifacts) or printed: secrets
+        (URL credentials, values of keys named like api_key/token/password) replaced by ***."""
+        return redact(self.model_dump(mode="json"))
 
 
 # --------------------------------------------------------------------------------------------
 # loading
 # --------------------------------------------------------------------------------------------
 PRESET_DIR = Path(__file__).parent / "presets"
+
+
+# ------------------------------------------------------------------------------------------------
+# secrets: what may be logged or printed of a configuration
+# ------------------------------------------------------------------------------------------------
+REDACTED = "***"
+# keys whose values are secrets: api_key, apiKey, X-Api-Key, token, access_token, secret, password,
+# authorization, credentials (not max_new_tokens, not api_key_env: a variable's name)
+_SECRET_KEY = re.compile(r"(^|_)(api_?key|key|token|secret|client_secret|password|passwd|pwd|auth|"
+                         r"authorization|credentials?|bearer)$", re.IGNORECASE)
+_URL_CREDENTIALS = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+_QUERY_SECRET = re.compile(r"([?&](?:api[_-]?key|key|token|access_token|secret|password|sig|signature)=)[^&#\s]+",
+                           re.IGNORECASE)
+
+
+def secret_key(name: str) -> bool:
+    """Whether a configuration key (or header / body field) names a secret."""
+    return bool(_SECRET_KEY.search(re.sub(r"([a-z])([A-Z])", r"\1_\2", str(name)).replace("-", "_")))
+
+
+def redact_text(text: str) -> str:
+    """A URL's user:password@ and secret query parameters blanked, anywhere in `text`."""
+    return _QUERY_SECRET.sub(r"\1" + REDACTED, _URL_CREDENTIALS.sub(r"\1" + REDACTED + "@", text))
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """A copy of a configuration value fit to log or print: values of secret-named keys and URL
+    credentials replaced by ***, at any depth (demos.endpoint.extra_body, headers, ...)."""
+    if isinstance(value, dict):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    if key and secret_key(key) and value not in (None, "", False):
+        return REDACTED
+    return redact_text(value) if isinstance(value, str) else value
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

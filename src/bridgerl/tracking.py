@@ -82,7 +82,7 @@ def _parent_run(client, experiment_id: str, pid: str, cfg: Config) -> str:
     params = [Param(k, ("" if v is None else str(v))[:6000]) for k, v in cfg.flat().items()]
     for i in range(0, len(params), 100):  # the REST API takes at most 100 params per batch
         client.log_batch(rid, params=params[i:i + 100])
-    client.log_dict(rid, cfg.model_dump(mode="json"), "config.json")
+    client.log_dict(rid, cfg.loggable(), "config.json")
     client.set_tag(rid, "bridgerl.config_digest", cfg.digest())
     client.set_terminated(rid)
     return rid
@@ -145,7 +145,7 @@ def _stage_run(cfg: Config, stage: str, run_id: str | None, log_params: bool) ->
             tags["kubeflow.run_id"] = kfp_run
         if os.environ.get("DVC_EXP_NAME"):  # `dvc exp run`
             tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
-        client.log_dict(parent, cfg.model_dump(mode="json"), f"config/{stage}.json")
+        client.log_dict(parent, cfg.loggable(), f"config/{stage}.json")
         ctx = mlflow.start_run(run_name=stage, tags=tags, log_system_metrics=system_metrics or None)
     else:
         ctx = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics or None)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import requests
 
+from bridgerl.config import redact_text
+
 log = logging.getLogger(__name__)
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -88,12 +90,18 @@ class ChatClient:
         self._lock = threading.Lock()
         self._local = threading.local()
 
-    def __repr__(self) -> str:  # never show the headers (the key)
-        return f"ChatClient(url={self.url!r}, model={self.model!r})"
+    def __repr__(self) -> str:  # never show the headers (the key) nor the URL's credentials
+        return f"ChatClient(url={self.shown_url!r}, model={self.model!r})"
+
+    @property
+    def shown_url(self) -> str:
+        """The URL as errors and logs show it: user:password@ and secret query parameters blanked."""
+        return redact_text(self.url)
 
     def _redact(self, text: str) -> str:
         """Server text quoted in errors and logs, with the key blanked should a server echo it."""
-        return text.replace(self._key, "***") if self._key else text
+        text = text.replace(self._key, "***") if self._key else text
+        return redact_text(text)
 
     def _session(self) -> requests.Session:
         s = getattr(self._local, "session", None)
@@ -108,7 +116,8 @@ class ChatClient:
             raise _Transient("timeout", f"no reply within {self.timeout_s}s") from None
         except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
                 requests.exceptions.InvalidSchema) as e:
-            raise EndpointError(f"demos.endpoint.base_url: {self.url!r} is not a usable URL ({e})") from None
+            raise EndpointError(f"demos.endpoint.base_url: {self.shown_url!r} is not a usable URL "
+                                f"({self._redact(str(e))})") from None
         except requests.ConnectionError as e:
             raise _Transient("connection", f"connection failed ({type(e).__name__})") from None
         except requests.RequestException as e:  # a reply cut off mid-body, a bad chunk, …
@@ -118,7 +127,7 @@ class ChatClient:
                              _retry_after(resp) if resp.status_code == 429 else None)
         if resp.status_code >= 400:
             hint = " (check the API key variable demos.endpoint.api_key_env)" if resp.status_code in (401, 403) else ""
-            raise EndpointError(f"{self.url} answered HTTP {resp.status_code}{hint}: {self._redact(resp.text[:300])!r}")
+            raise EndpointError(f"{self.shown_url} answered HTTP {resp.status_code}{hint}: {self._redact(resp.text[:300])!r}")
         try:
             body = resp.json()
         except ValueError:
@@ -136,7 +145,8 @@ class ChatClient:
                 return self._once(payload)
             except _Transient as e:
                 if attempt == self.max_retries:
-                    raise EndpointUnavailable(f"{self.url}: request failed {attempt + 1} time(s); last error: {e}") from None
+                    raise EndpointUnavailable(f"{self.shown_url}: request failed {attempt + 1} time(s); last error: "
+                                              f"{self._redact(str(e))}") from None
                 with self._lock:
                     self.retries[e.reason] += 1
                 delay = min(self.backoff_max_s, self.backoff_s * 2 ** attempt * (0.5 + random.random() / 2))

@@ -20,7 +20,7 @@ import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Callable
 
-from bridgerl.config import Config, SourceSpec
+from bridgerl.config import Config, SourceSpec, redact
 from bridgerl.io import DataError
 from bridgerl.tasks import synthetic
 
@@ -105,7 +105,7 @@ class EndpointTeacher:
         d = self.d
         return {"kind": self.kind, "model": self.e.model, "prompt_template": d.prompt_template,
                 "system_prompt": d.system_prompt, "temperature": d.temperature, "top_p": d.top_p,
-                "max_new_tokens": d.max_new_tokens, "extra_body": self.e.extra_body,
+                "max_new_tokens": d.max_new_tokens, "extra_body": redact(self.e.extra_body),  # kept in the demo card
                 "seed": self.seed if self.e.send_seed else None}
 
     def _one(self, row: dict, k: int) -> dict:
