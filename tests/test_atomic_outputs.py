@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import FAST, REPO, path_overrides
+from conftest import FAST, REPO, make_cfg, path_overrides
 
 from bridgerl.io import atomic_dir, atomic_file
 
@@ -114,3 +114,21 @@ def test_outputs_are_readable_by_the_group(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o644
+
+
+def test_local_tracking_store_gets_the_umask_modes(tmp_path):
+    """The local MLflow store (tracking.local_db) is built under a temporary name, then linked into place:
+    it gets the umask's modes like every output, not tempfile's 0600 (issue 27 item 8)."""
+    import stat
+
+    from bridgerl.tracking import init_local_store
+
+    cfg = make_cfg(tmp_path, "tracking.enabled=true", f"tracking.local_db={tmp_path / 'store' / 'mlruns.db'}")
+    old = os.umask(0o002)
+    try:
+        init_local_store(cfg)
+    finally:
+        os.umask(old)
+    db = tmp_path / "store" / "mlruns.db"
+    assert db.is_file() and stat.S_IMODE(db.stat().st_mode) == 0o664
+    assert not list(db.parent.glob(".mlruns.db.tmp-*"))

@@ -176,12 +176,13 @@ def init_local_store(cfg: Config) -> None:
         return
     from mlflow.tracking._tracking_service.utils import _get_store
 
-    from bridgerl.io import _tmp_sibling
+    from bridgerl.io import _publish_mode, _tmp_sibling
 
     tmp = _tmp_sibling(path, is_dir=False)
     try:
         store = _get_store(store_uri=f"sqlite:///{tmp}")
         store.engine.dispose()
+        _publish_mode(tmp, is_dir=False)  # the umask's modes, as every output (tempfile's are 0600)
         try:
             os.link(tmp, path)
         except FileExistsError:
