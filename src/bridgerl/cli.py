@@ -29,6 +29,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=None, help="a preset name (src/bridgerl/presets) or YAML path layered on params")
     p.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a parameter, e.g. -S train.bridge.lam=0.3 (repeatable)")
+    p.add_argument("--debug", action="store_true",
+                   help="on an environment failure (disk full, I/O error, permission), the full traceback")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -301,6 +303,19 @@ def main(argv: list[str] | None = None) -> int:
     except registry.RegistryUnavailable as e:
         print(f"bridgerl {args.command}: error: {e}", file=sys.stderr)
         return 3
+    except OSError as e:  # the machine, not the input: disk full, quota, I/O error, read-only volume, permission
+        if getattr(args, "debug", False):
+            raise
+        print(f"bridgerl {args.command}: error: {environment_failure(e)} (an environment failure; the previous "
+              f"outputs are untouched; --debug for the traceback)", file=sys.stderr)
+        return 3
+
+
+def environment_failure(e: OSError) -> str:
+    """One line for an OSError: the path(s) and the cause."""
+    what = e.strerror or str(e) or type(e).__name__
+    paths = [str(x) for x in (e.filename, e.filename2) if x]
+    return f"{' -> '.join(paths)}: {what}" if paths else what
 
 
 # commands that compute with torch: each sizes its threads to its share of the cores (bridgerl.threads)

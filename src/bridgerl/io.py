@@ -62,6 +62,30 @@ def require_writable(path: str | Path, name: str) -> None:
         raise DataError(f"{name} = {str(path)!r}: {why}")
 
 
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Errors while writing `path` name it: torch's and C++ writers raise RuntimeErrors without the path or
+    errno ("basic_ios::clear: iostream error", "PytorchStreamWriter failed writing file"); they become an
+    OSError for `path` (ENOSPC when its volume is full, else EIO), which the CLI prints as one line."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
+    except RuntimeError as e:
+        msg = str(e)
+        if not any(s in msg for s in ("iostream", "PytorchStreamWriter", "file write failed", "unexpected pos")):
+            raise
+        import errno
+
+        target = Path(path)
+        probe = next((p for p in (target, *target.parents) if p.exists()), Path("."))
+        full = shutil.disk_usage(probe).free < 16 * 2**20
+        code = errno.ENOSPC if full else errno.EIO
+        raise OSError(code, f"{os.strerror(code)} ({msg.splitlines()[0][:120]})", str(path)) from e
+
+
 def _tmp_sibling(path: Path, is_dir: bool) -> Path:
     why = unwritable(path)
     if why:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from bridgerl.config import Config
-from bridgerl.io import DataError, atomic_dir, read_json, write_json
+from bridgerl.io import DataError, atomic_dir, read_json, write_json, writing
 
 STATE_FILE = "state.pt"
 MANIFEST_FILE = "manifest.json"
@@ -100,7 +100,7 @@ def list_checkpoints(ckpt_dir: str | Path) -> list[Path]:
 
 def save(ckpt_dir: str | Path, step: int, state: dict, key: str, keep: int) -> Path:
     path = Path(ckpt_dir) / f"step-{step:06d}"
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path) as tmp, writing(path):
         torch.save({"resume_key": key, **state}, tmp / STATE_FILE)
         write_manifest(tmp, key, step)
     for old in list_checkpoints(ckpt_dir)[:-keep]:

@@ -292,12 +292,15 @@ class DeepSpeedEngine(TorchEngine):
         root = Path(ckpt_dir)
         tag = f"step-{step:06d}"
         meta = {"resume_key": key, "world_size": self.env.world_size, "strategy": self.cfg.train.distributed.strategy}
-        self.ds.save_checkpoint(str(root), tag=tag, client_state={**meta, **state})
-        torch.save(rng, root / tag / f"rng_rank{self.env.rank}.pt")
-        if self.shadow_offload is not None:
-            state = self._shadow_offload_state()  # all ranks (a sharded optimizer gathers its state on rank 0)
-            if self.env.is_main:
-                torch.save(state, root / tag / SHADOW_FILE)
+        from bridgerl.io import writing
+
+        with writing(root / tag):  # a full disk names the checkpoint (torch's writers say "iostream error")
+            self.ds.save_checkpoint(str(root), tag=tag, client_state={**meta, **state})
+            torch.save(rng, root / tag / f"rng_rank{self.env.rank}.pt")
+            if self.shadow_offload is not None:
+                state = self._shadow_offload_state()  # all ranks (a sharded optimizer gathers its state on rank 0)
+                if self.env.is_main:
+                    torch.save(state, root / tag / SHADOW_FILE)
         barrier()
         if self.env.is_main:  # the completion marker, with the sha256 of every file of the checkpoint
             checkpoint.write_manifest(root / tag, key, step, name=DS_MARKER, world_size=meta["world_size"],
