@@ -16,12 +16,16 @@ from conftest import FAST, REPO, path_overrides
 LIMIT = 64 * 1024  # bytes per file: data and metrics fit, a checkpoint of the tiny model does not
 
 
-def _train(project, *extra: str) -> subprocess.CompletedProcess:
-    over = [a for o in [*FAST, *path_overrides(project), "train.save_every=1"] for a in ("-S", o)]
+def _run(command: str, overrides: list[str], *extra: str, limit: int = LIMIT) -> subprocess.CompletedProcess:
+    over = [a for o in overrides for a in ("-S", o)]
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.run([sys.executable, "-m", "bridgerl", "train", "-P", str(REPO / "params.yaml"), *over, *extra],
-                          cwd=project, env=env, capture_output=True, text=True, timeout=600,
-                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, LIMIT)))
+    return subprocess.run([sys.executable, "-m", "bridgerl", command, "-P", str(REPO / "params.yaml"), *over, *extra],
+                          env=env, capture_output=True, text=True, timeout=600,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+
+
+def _train(project) -> subprocess.CompletedProcess:
+    return _run("train", [*FAST, *path_overrides(project), "train.save_every=1"])
 
 
 def test_full_volume_while_checkpointing_is_one_line_and_exit_3(project):
@@ -37,5 +41,15 @@ def test_full_volume_while_checkpointing_is_one_line_and_exit_3(project):
     assert not [x for x in ckpt.rglob("*") if ".tmp-" in x.name], "the partial checkpoint must be removed"
     assert not (project / "models" / "trained").exists()
 
-    debug = _train(project, "--debug")
-    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_full_volume_in_prepare_names_the_file_and_debug_shows_the_traceback(project, tmp_path):
+    out = tmp_path / "prepared"
+    args = [*FAST, *path_overrides(project), f"data.out_dir={out}"]
+    p = _run("prepare", args, limit=2048)
+    assert p.returncode == 3 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    line = p.stderr.split("bridgerl prepare: error: ")[1].splitlines()[0]
+    assert f"{out}/" in line and "File too large" in line, line
+    assert not out.exists() or not [x for x in out.rglob("*") if x.is_file() and ".tmp-" not in x.name]
+    debug = _run("prepare", args, "--debug", limit=2048)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "File too large" in debug.stderr

@@ -123,6 +123,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = _tmp_sibling(path, is_dir=True)
     try:
         yield tmp
+    except OSError as e:  # named by the output it was writing, not the temporary folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        name = str(e.filename or "")
+        if name.startswith(str(tmp)):
+            raise OSError(e.errno, e.strerror, str(path) + name[len(str(tmp)):]) from e
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -136,7 +142,7 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[Any]:
     path = Path(path)
     tmp = _tmp_sibling(path, is_dir=False)
     try:
-        with open(tmp, mode) as f:
+        with writing(path), open(tmp, mode) as f:  # a write error names `path` (Python's carry no filename)
             yield f
             f.flush()
             os.fsync(f.fileno())
