@@ -282,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(str(e.args[0])) from None
         cfg = load_config(args.params, overrides, args.preset)
         check_paths(cfg)
+        _check_rewards(args.command, cfg)
         cfg, argv = _place_outputs(args, argv, cfg)
         if args.command == "train":  # checkpoints are written from the first steps on (a volume in a pod)
             require_writable(cfg.train.checkpoint_dir, "train.checkpoint_dir")
@@ -309,6 +310,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bridgerl {args.command}: error: {environment_failure(e)} (an environment failure; the previous "
               f"outputs are untouched; --debug for the traceback)", file=sys.stderr)
         return 3
+
+
+def _check_rewards(command: str, cfg) -> None:
+    """A stage that scores loads every reward term's function first (rewards.terms.N.function names a bad one)."""
+    from bridgerl.stages.contracts import STAGES
+
+    if command in STAGES and "rewards" in STAGES[command].params:
+        from bridgerl.rewards.terms import Scorer
+
+        Scorer.judging(cfg).close()
 
 
 def environment_failure(e: OSError) -> str:

@@ -422,8 +422,6 @@ class EvalConfig(_Section):
         "model's form (the instruction first, as in its worked examples); presets set the usual "
         "\"{problem}\\n<instruction>\" form"))
     use_chat_template: bool = Field(True, description="through the tokenizer's chat template when it has one")
-    verify_timeout_s: float = Field(5.0, gt=0.0, description=(
-        "per-item budget of math-verify (guarded worker process)"))
     vllm_gpu_memory_utilization: float = Field(
         0.9, gt=0.0, le=1.0, description="vLLM: share of GPU memory it may use")
     vllm_tensor_parallel_size: int = Field(1, ge=1, description="vLLM: GPUs per model")
@@ -474,6 +472,70 @@ class EvalConfig(_Section):
 warnings.filterwarnings("ignore", message='Field name "register" in "RegistryConfig"', category=UserWarning)
 
 
+class RewardTerm(_Section):
+    """One term of the rollout reward: reward = sum over the terms that apply to the rollout's data source of
+    weight * value (docs/rewards.md)."""
+
+    name: str = Field(description="the term's name: its metrics are reward/<name> and reward_failures/<name>")
+    function: str = Field(description=(
+        "a built-in (by_data_source, math, synthetic, boxed), 'package.module:function' (importable where the stage runs) or "
+        "'path/to/file.py:function' (relative to where the stage runs; a dependency of the stages that score)"))
+    weight: float = Field(1.0, description="the term's weight in the reward")
+    data_sources: list[str] | None = Field(None, description=(
+        "the data sources (a record's data_source tag) it applies to; None: every data source"))
+    correctness: bool = Field(False, description=(
+        "the term that decides whether an answer is correct (accuracy in training and evaluate, demonstration "
+        "filtering): its True/False becomes train.grpo.reward_correct / reward_wrong; a number v is graded credit "
+        "reward_wrong + v * (reward_correct - reward_wrong), correct when v >= 1. One per data source (one that lists "
+        "it beats a catch-all with data_sources null)"))
+    batched: bool | None = Field(None, description=(
+        "fn(outputs, answers, rows) -> list of numbers rather than fn(output, answer, row) -> number | bool; None: "
+        "told by the first parameter's name (outputs/completions/responses/texts: batched)"))
+    timeout_s: float | None = Field(None, gt=0.0, description=(
+        "its budget per call (an item, or a whole batch when batched); None: rewards.timeout_s"))
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
+            raise ValueError("letters, digits, '_', '.' and '-' only (it names metrics)")
+        return v
+
+
+def _default_terms() -> list[RewardTerm]:
+    return [RewardTerm(name="correct", function="by_data_source", correctness=True)]
+
+
+class RewardsConfig(_Section):
+    """How rollouts are scored: weighted terms, built-in or the user's own (docs/rewards.md)."""
+
+    terms: list[RewardTerm] = Field(default_factory=_default_terms, description=(
+        "the reward's terms; the default is one: the correctness term of every data source, its built-in verifier "
+        "(by_data_source: math-verify for math, exact for synthetic)"))
+    timeout_s: float = Field(5.0, gt=0.0, description=(
+        "budget of one call of a term (math-verify's per item); a call past it scores 0 and counts as a failure"))
+    workers: int = Field(2, ge=1, description=(
+        "worker processes per user-defined term (its calls run there, concurrently, under the timeout)"))
+
+    @model_validator(mode="after")
+    def _one_correctness_per_source(self) -> "RewardsConfig":
+        names = [t.name for t in self.terms]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"term names must be unique: {', '.join(dup)}")
+        judges = [t for t in self.terms if t.correctness]
+        catch_all = [t.name for t in judges if t.data_sources is None]
+        if len(catch_all) > 1:
+            raise ValueError(f"terms {', '.join(catch_all)}: more than one correctness term for every data source")
+        seen: dict[str, str] = {}
+        for t in judges:
+            for ds in t.data_sources or []:
+                if ds in seen:
+                    raise ValueError(f"terms {seen[ds]!r} and {t.name!r}: two correctness terms for data source {ds!r}")
+                seen[ds] = t.name
+        return self
+
+
 class RegistryConfig(_Section):
     """`bridgerl register/promote/rollback`: the registered model, the promotion gate, retries."""
 
@@ -522,6 +584,7 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    rewards: RewardsConfig = Field(default_factory=RewardsConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 

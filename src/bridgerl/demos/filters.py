@@ -15,8 +15,6 @@ from typing import Callable
 
 import numpy as np
 
-from bridgerl.rewards import is_correct
-
 _WORD = re.compile(r"\w+")
 
 
@@ -101,19 +99,23 @@ class TraceFilter:
 
 
 def filter_traces(problems: list[dict], samples: dict[str, list[dict]], *, length: Callable[[dict], int],
-                  max_tokens: int, select: str) -> TraceFilter:
-    """`samples[id]`: records {sample, response, tokens, …} in sample order. One demo per problem."""
+                  max_tokens: int, select: str,
+                  judge: Callable[[list[dict], list[str]], list[bool]]) -> TraceFilter:
+    """`samples[id]`: records {sample, response, tokens, …} in sample order. One demo per problem. `judge(rows,
+    outputs)`: each output's correctness (`bridgerl.rewards.terms.Scorer.judge_many`: the correctness terms)."""
     out = TraceFilter()
     c = dict.fromkeys(("samples", "dropped_wrong_answer", "correct", "dropped_too_long", "eligible",
                        "problems_without_trace", "kept"), 0)
     for row in problems:
         eligible = []
         solved = False
-        for s in samples.get(row["id"], []):
+        mine = samples.get(row["id"], [])
+        verdicts = judge([row] * len(mine), [s["response"] for s in mine])
+        for s, ok in zip(mine, verdicts):
             c["samples"] += 1
             n = length(s)
             out.lengths_all.append(n)
-            if not is_correct(row["data_source"], s["response"], row["answer"]):
+            if not ok:
                 c["dropped_wrong_answer"] += 1
                 continue
             c["correct"] += 1

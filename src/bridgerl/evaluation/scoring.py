@@ -1,4 +1,5 @@
-"""Scoring: each sample's final answer verified against the gold answer; per-item records and metrics.
+"""Scoring: each sample judged by its data source's correctness term (`rewards.terms`, by default the built-in
+verifier: math-verify against the gold answer); per-item records and metrics.
 
 An item with k samples scores the mean of its samples' correctness (avg@k; pass@1 for k = 1); the
 benchmark accuracy is the mean over items. Metrics: accuracy, n, samples, mean output length (tokens
@@ -11,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 from tqdm import tqdm
 
-from bridgerl.rewards import judge
+from bridgerl.rewards.extract import extract_answer
+from bridgerl.rewards.terms import Scorer
 
 
 def _mean(xs: list) -> float | None:
@@ -20,14 +22,13 @@ def _mean(xs: list) -> float | None:
 
 
 def score(rows: list[dict], prompts: list[str], outputs: list[list[str]], n_tokens: list[list[int | None]],
-          truncated: list[list[bool | None]], timeout_s: float = 5.0, progress: bool = False,
+          truncated: list[list[bool | None]], scorer: Scorer, progress: bool = False,
           desc: str = "score") -> tuple[list[dict], dict]:
     """(per-item records, metrics) for rows[i] answered by outputs[i] (k samples each)."""
     items, item_acc, no_answer = [], [], []
     for r, prompt, outs in tqdm(list(zip(rows, prompts, outputs)), desc=desc, disable=not progress):
-        ds = r.get("data_source") or "math"
-        verdicts = [judge(ds, o, str(r["answer"]), timeout_s) for o in outs]  # one extraction per output
-        extracted, correct = [v[0] for v in verdicts], [v[1] for v in verdicts]
+        correct = scorer.judge_many([r] * len(outs), outs)
+        extracted = [extract_answer(o or "") for o in outs]  # what the record shows as the model's answer
         no_answer.extend(x is None for x in extracted)  # '' is never extracted: None is "no answer"
         acc = float(np.mean(correct)) if correct else 0.0
         item_acc.append(acc)

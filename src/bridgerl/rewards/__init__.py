@@ -4,7 +4,8 @@
 extractor) and returns (extracted, correct), so that recorded answers and correctness never disagree;
 `is_correct(...)` is its verdict and `reward(...)` maps it to the configured correct/wrong values
 (1/0 by default, ±1 allowed). Built-in checkers judge the extracted answer; a checker added with
-`register(ds, fn)` gets the raw output (`fn(output, answer, timeout_s=...)`).
+`register(ds, fn)` gets the raw output (`fn(output, answer, timeout_s=...)`). These are the built-in
+`by_data_source` term; the reward a rollout gets, from any terms in the configuration, is `terms.Scorer`'s.
 """
 
 from __future__ import annotations
@@ -27,8 +28,13 @@ def register(data_source: str, fn: Callable[..., bool]) -> None:
     _ON_OUTPUT[data_source] = fn
 
 
+def known_sources() -> list[str]:
+    """Data sources with a built-in (or registered) verifier."""
+    return sorted({*_ON_EXTRACTED, *_ON_OUTPUT})
+
+
 def _known() -> str:
-    return ", ".join(sorted({*_ON_EXTRACTED, *_ON_OUTPUT}))
+    return ", ".join(known_sources())
 
 
 def checker(data_source: str) -> Callable[..., bool]:

@@ -37,29 +37,34 @@ def _on_alarm(signum, frame):
 
 
 def serve(fn_path: str) -> None:
-    """Worker loop: read {"args", "timeout_s"} lines, answer {"result"} lines, until EOF."""
-    import importlib
+    """Worker loop: read {"args", "timeout_s"} lines, answer {"result"[, "error"]} lines, until EOF.
+    `fn_path` is 'package.module:function' or 'path/to/file.py:function' (`bridgerl.rewards.terms.load`)."""
+    from bridgerl.rewards.terms import load
 
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything a library prints goes to stderr, never into the protocol
     sys.stdout = sys.stderr
-    module, name = fn_path.rsplit(":", 1)
-    fn = getattr(importlib.import_module(module), name)
+    fn = load(fn_path)
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout disabled" notices: we time items here
     signal.signal(signal.SIGALRM, _on_alarm)
     proto.write('{"ready": true}\n')
     for line in sys.stdin:
         msg = json.loads(line)
+        answer: dict = {}
         try:
             signal.setitimer(signal.ITIMER_REAL, msg["timeout_s"])
-            result = fn(*msg["args"])
+            answer["result"] = fn(*msg["args"])
         except ItemTimeout:
-            result = None
-        except Exception:  # a malformed expression is a wrong answer, never a crash
-            result = False
+            answer = {"result": None, "error": f"timed out after {msg['timeout_s']:g}s"}
+        except Exception as e:  # a malformed expression is a wrong answer, never a crash
+            answer = {"result": False, "error": f"raised {type(e).__name__}: {e}"[:500]}
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
-        proto.write(json.dumps({"result": result}, default=str) + "\n")
+        try:
+            out = json.dumps(answer)
+        except (TypeError, ValueError):
+            out = json.dumps({"result": None, "error": f"returned {type(answer['result']).__name__}, not JSON"})
+        proto.write(out + "\n")
 
 
 _WORKER_MAIN = "import sys; from bridgerl.rewards.guard import serve; serve(sys.argv[1])"
@@ -113,6 +118,11 @@ class GuardedCall:
 
     def __call__(self, *args, timeout_s: float = 5.0):
         """fn(*args) in the worker; None when it ran out of time or the worker died."""
+        return self.call(*args, timeout_s=timeout_s)[0]
+
+    def call(self, *args, timeout_s: float = 5.0) -> tuple[object, str | None]:
+        """(fn(*args), None), or (a placeholder, why there is no result): it raised, ran out of time, returned
+        something that is not JSON, or the worker died or hung past the budget (then it is replaced)."""
         with self._lock:
             if not self._alive():
                 self._start()
@@ -121,12 +131,14 @@ class GuardedCall:
                 self._proc.stdin.flush()
                 line = self._readline(timeout_s + GRACE_S)
                 if line:
-                    return json.loads(line)["result"]
-            except (OSError, ValueError):  # the worker died (e.g. out of memory) or garbled its answer
-                pass
+                    answer = json.loads(line)
+                    return answer["result"], answer.get("error")
+                why = f"timed out after {timeout_s:g}s (stuck, worker replaced)"
+            except (OSError, ValueError) as e:  # the worker died (e.g. out of memory) or garbled its answer
+                why = f"worker died ({type(e).__name__})"
             self._drop(kill=True)  # stuck beyond its interval timer (C code) or dead: replace it
             self.restarts += 1
-            return None
+            return None, why
 
     def close(self) -> None:
         with self._lock:

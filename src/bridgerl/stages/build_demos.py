@@ -21,6 +21,7 @@ from bridgerl.demos.filters import Decontaminator, filter_problems, filter_trace
 from bridgerl.demos.journal import Journal, problem_sha
 from bridgerl.demos.teachers import load_traces, make_teacher
 from bridgerl.io import DataError, atomic_dir, read_jsonl, write_json, write_jsonl
+from bridgerl.rewards.terms import Scorer
 from bridgerl.tracking import stage_run
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,8 @@ def run(cfg: Config, progress: bool = True) -> dict:
     else:
         problems = read_jsonl(data_dir / "rl_train.jsonl", required=("id", "problem", "answer", "data_source"))
     problems = problems[: d.max_problems] if d.max_problems else problems
+    scorer = Scorer.judging(cfg)  # which traces are correct: the correctness terms (rewards.terms)
+    scorer.check_sources([r.get("data_source") or "math" for r in problems], "the demonstration problems")
     benchmarks = _benchmarks(cfg)
     pf = filter_problems(problems, Decontaminator(benchmarks, d.decontaminate_ngram, d.decontaminate_exempt))
 
@@ -124,7 +127,8 @@ def run(cfg: Config, progress: bool = True) -> dict:
         samples, info = _generate(cfg, pf.kept, progress)
 
     length, unit = _length_fn(cfg)
-    tf = filter_traces(pf.kept, samples, length=length, max_tokens=d.max_tokens, select=d.select)
+    tf = filter_traces(pf.kept, samples, length=length, max_tokens=d.max_tokens, select=d.select,
+                       judge=scorer.judge_many)
     if unit is None:
         reported = sum(s.get("tokens") is not None for ss in samples.values() for s in ss)
         unit = "teacher tokens" if reported and reported == tf.counts["samples"] else \

@@ -84,7 +84,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           local_files=True),
     Stage("build-demos", "bridgerl.stages.build_demos",
           "verified SFT demonstrations from the teacher (`demos.source`), decontaminated against the eval sets",
-          params=("seed", "demos", "model.dtype"),
+          params=("seed", "demos", "model.dtype", "rewards"),
           inputs=(IO("data.out_dir", "dataset", "`rl_train.jsonl` and `eval/` (decontamination)"),),
           outputs=(IO("demos.out_dir", "demos", "`demos.jsonl` (`id, problem, answer, response, data_source`), "
                       "`demo_card.json`, `demo_card.md`; teacher samples are journaled in `demos.journal_dir` "
@@ -93,20 +93,22 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("train", "bridgerl.stages.train",
           "train with `train.method` (BRIDGE or a baseline); checkpoints in `train.checkpoint_dir` (`--resume`)",
           params=("seed", "train", "model.dtype", "eval.prompt_template", "eval.use_chat_template",
-                  "eval.max_new_tokens", "eval.batch_size"),
+                  "eval.max_new_tokens", "eval.batch_size", "rewards"),
           inputs=(IO("data.out_dir", "dataset", "prepared data"), IO("demos.out_dir", "demos", "demonstrations"),
                   IO("model.out_dir", "base_model", "the base model")),
           outputs=(IO("train.out_dir", "model", "θ with w merged (no LoRA or shadow weights)"),),
           metrics=(IO("train.metrics_file", "metrics", "final training metrics"),),
           plots=(IO("train.plots_file", "curve", "the training curve (one row per step)"),),
-          plot_axes={"x": "step", "y": "heldout_accuracy"}),
+          plot_axes={"x": "step", "y": "heldout_accuracy"}, local_files=True),
     Stage("evaluate", "bridgerl.stages.evaluate",
-          "accuracy of the trained model on `eval.benchmarks` (math-verify / exact match)",
-          params=("seed", "eval", "model.dtype"),
+          "accuracy of the trained model on `eval.benchmarks` (each data source's correctness term in "
+          "`rewards.terms`: by default math-verify / exact match)",
+          params=("seed", "eval", "model.dtype", "rewards"),
           inputs=(IO("train.out_dir", "model", "the trained model"),
                   IO("data.out_dir", "dataset", "the prepared evaluation sets")),
           outputs=(IO("eval.out_dir", "predictions", "`<benchmark>.jsonl`, one scored item per line"),),
-          metrics=(IO("eval.metrics_file", "metrics", "accuracy per benchmark and `avg_accuracy`"),)),
+          metrics=(IO("eval.metrics_file", "metrics", "accuracy per benchmark and `avg_accuracy`"),),
+          local_files=True),
     Stage("register", "bridgerl.stages.register",
           "log the trained model to MLflow and register a version with alias `challenger` "
           "(and `champion` if `registry.auto_promote` and the gate passes); `dvc.lock`, when present, for "
@@ -173,9 +175,13 @@ def task_config(cfg, stage: Stage) -> dict:
 
 def local_files(cfg, stage: Stage) -> list[str]:
     """Local files this stage reads (named in data.rl_sources / eval.sources / demos.dataset; init-model: a
-    local model.base file or directory, not a file inside an installed package, whose path is the machine's)."""
+    local model.base file or directory, not a file inside an installed package, whose path is the machine's;
+    the stages that score: the source files of user reward terms, `bridgerl.rewards.terms.files`)."""
     if not stage.local_files:
         return []
+    found: set[str] = set()
+    if "rewards" in stage.params:
+        found.update(f for t in cfg.rewards.terms if (f := reward_file(t.function)))
     if stage.name == "init-model":
         m = cfg.model
         if m.base == "embedded" or m.base.startswith("package:"):
@@ -187,7 +193,31 @@ def local_files(cfg, stage: Stage) -> list[str]:
         specs = [*cfg.data.rl_sources, *cfg.eval.sources.values()]
     elif stage.name == "build-demos" and cfg.demos.source == "dataset" and cfg.demos.dataset is not None:
         specs = [cfg.demos.dataset]
-    return sorted({str(s.path) for s in specs if s.kind == "local" and s.path})
+    found.update(str(s.path) for s in specs if s.kind == "local" and s.path)
+    return sorted(found)
+
+
+def reward_file(ref: str, base: Path = Path(".")) -> str | None:
+    """The local source file of a user reward term (`rewards.terms.N.function`: 'file.py:fn', or 'module:fn' of a
+    module under `base`), or None: a built-in (no ':'), an installed package's module (the environment's
+    version), a file that is not there (the stage reports it)."""
+    if ":" not in ref:
+        return None
+    target = ref.rsplit(":", 1)[0]
+    if target.endswith(".py"):
+        return target if (base / target).is_file() else None
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(target)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not Path(spec.origin).is_file():
+        return None
+    try:
+        return str(Path(spec.origin).resolve().relative_to(base.resolve()))
+    except ValueError:
+        return None
 
 
 def file_digest(path: Path) -> str:

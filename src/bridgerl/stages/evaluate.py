@@ -22,6 +22,7 @@ from bridgerl.config import Config
 from bridgerl.evaluation import backends, benchmarks, predictions, scoring
 from bridgerl.io import DataError, atomic_dir, read_json, tree_digest, write_json, write_jsonl
 from bridgerl.prompts import render_prompt
+from bridgerl.rewards.terms import Scorer
 from bridgerl.tracking import stage_run
 
 
@@ -57,6 +58,9 @@ def run(cfg: Config, model_dir: str | None = None, progress: bool = True) -> dic
     if not Path(model_dir).exists() and (model_dir == cfg.train.out_dir or str(model_dir).startswith(("/", "."))):
         raise DataError(f"{model_dir}: model directory not found (did `bridgerl train` run?)")
     data = {name: benchmarks.load(cfg, name) for name in e.benchmarks}  # fail on bad data before loading a model
+    scorer = Scorer.judging(cfg)
+    for name, (rows, origin) in data.items():  # each data source has a correctness term, before any work
+        scorer.check_sources([r.get("data_source") or "math" for r in rows], f"benchmark {name} ({origin})")
     backend_name = backends.select_backend(e.backend)
     gen = backends.load_backend(backend_name, str(model_dir), e, cfg.model.dtype, cfg.seed)
     gen.progress = progress
@@ -69,7 +73,7 @@ def run(cfg: Config, model_dir: str | None = None, progress: bool = True) -> dic
         samples = gen.generate(prompts, s["k"], s["temperature"], s["top_p"])
         items, metrics = scoring.score(
             rows, prompts, [[x.text for x in ss] for ss in samples], [[x.n_tokens for x in ss] for ss in samples],
-            [[x.truncated for x in ss] for ss in samples], e.verify_timeout_s, progress, desc=f"score {name}")
+            [[x.truncated for x in ss] for ss in samples], scorer, progress, desc=f"score {name}")
         metrics.update(temperature=s["temperature"], top_p=s["top_p"], source=origin)
         results[name], per_item[name] = metrics, items
     summary = _summary(results, model=str(model_dir), backend=backend_name, max_new_tokens=e.max_new_tokens,
@@ -97,13 +101,15 @@ def score_predictions(cfg: Config, predictions_file: str, benchmark: str, data: 
     """
     e = cfg.eval
     rows, origin = benchmarks.load(cfg, benchmark, data)
+    scorer = Scorer.judging(cfg)
+    scorer.check_sources([r.get("data_source") or "math" for r in rows], f"benchmark {benchmark} ({origin})")
     preds = predictions.read(predictions_file, {str(r["id"]) for r in rows}, benchmark, origin)
     scored = [r for r in rows if str(r["id"]) in preds.outputs]
     prompts = [preds.prompts.get(str(r["id"])) or e.prompt_template.format(problem=r["problem"]) for r in scored]
     items, metrics = scoring.score(
         scored, prompts, [preds.outputs[str(r["id"])] for r in scored],
         [preds.n_tokens[str(r["id"])] for r in scored], [preds.truncated[str(r["id"])] for r in scored],
-        e.verify_timeout_s)
+        scorer)
     metrics.update(missing=len(rows) - len(scored), source=origin, predictions=str(predictions_file))
     if metrics["missing"]:
         print(f"bridgerl evaluate: warning: {metrics['missing']} of {len(rows)} items of {benchmark!r} have no "

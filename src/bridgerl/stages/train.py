@@ -30,12 +30,17 @@ CURVE_FIELDS = ["step", "wall_time_s", "phase", "reward_mean", "accuracy", "held
                 "rollout_time_s", "engine_logp_abs_diff", "rollout_allgathers", "rollout_allgather_mb"]
 
 
-def _curve_csv(history: list[dict]) -> str:
+def curve_fields(cfg: Config) -> list[str]:
+    """The curve's columns: CURVE_FIELDS, then each reward term's mean value and failures (rewards.terms)."""
+    return CURVE_FIELDS + [f"{k}/{t.name}" for t in cfg.rewards.terms for k in ("reward", "reward_failures")]
+
+
+def _curve_csv(history: list[dict], fields: list[str]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CURVE_FIELDS, extrasaction="ignore")
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
     for h in history:
-        w.writerow({k: h.get(k, "") for k in CURVE_FIELDS})
+        w.writerow({k: h.get(k, "") for k in fields})
     return buf.getvalue()
 
 
@@ -55,10 +60,13 @@ def _final_metrics(tr: Trainer) -> dict:
     if held:
         out["heldout_accuracy"] = held[-1]["heldout_accuracy"]
     tail = hist[-10:]
-    for k in ("reward_mean", "accuracy", "sft_nll", "kl", "coop_gain", "response_length"):
+    terms = [t.name for t in tr.cfg.rewards.terms]
+    for k in ("reward_mean", "accuracy", "sft_nll", "kl", "coop_gain", "response_length", *(f"reward/{n}" for n in terms)):
         vals = [h[k] for h in tail if k in h]
         if vals:
             out[f"{k}_last10"] = sum(vals) / len(vals)
+    for n in terms:  # calls of the term that failed over the whole run (raised, timed out, not a number)
+        out[f"reward_failures/{n}"] = sum(h.get(f"reward_failures/{n}", 0.0) for h in hist)
     return out
 
 
@@ -145,7 +153,7 @@ def run(cfg: Config, max_steps: int | None = None, resume: bool = False, progres
             write_json(t.metrics_file, final)
             Path(t.plots_file).parent.mkdir(parents=True, exist_ok=True)
             with atomic_file(t.plots_file) as f:
-                f.write(_curve_csv(tr.history))
+                f.write(_curve_csv(tr.history, curve_fields(cfg)))
             mlf.log_artifact(t.plots_file)
             mlf.log_artifact(t.metrics_file)
             mlf.log_metrics({f"final_{k}": float(v) for k, v in final.items() if isinstance(v, (int, float))})

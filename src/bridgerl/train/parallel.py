@@ -22,6 +22,7 @@ from bridgerl.config import Config, ConfigError
 
 SUM_METRICS = ("tokens_per_s", "generated_tokens", "batch_tokens", "trained_tokens", "rollout_allgathers",
                "rollout_allgather_mb")
+SUM_PREFIXES = ("reward_sum/", "reward_n/", "reward_failures/")  # per reward term (bridgerl.rewards.terms)
 MAX_METRICS = ("peak_memory_mb", "step_time_s", "wall_time_s", "rollout_time_s", "optimizer_steps")
 
 
@@ -208,10 +209,11 @@ def weigh(batch, blocks: int, token_level: bool, world_size: int) -> None:
 
 
 def reduce_metrics(m: dict, world_size: int) -> dict:
-    """The ranks' metrics: averaged, except tokens/s (summed) and times / peak memory (maxed)."""
+    """The ranks' metrics: averaged, except tokens/s and per-term reward sums/counts (summed) and times / peak
+    memory (maxed). Every rank has the same keys (all_reduce pairs them by position)."""
     keys = sorted(k for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step")
     vals = [float(m[k]) for k in keys]
     sums, maxs = all_reduce(vals, "sum"), all_reduce(vals, "max")
     for k, s, mx in zip(keys, sums, maxs):
-        m[k] = mx if k in MAX_METRICS else s if k in SUM_METRICS else s / world_size
+        m[k] = mx if k in MAX_METRICS else s if k in SUM_METRICS or k.startswith(SUM_PREFIXES) else s / world_size
     return m

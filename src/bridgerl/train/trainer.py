@@ -26,7 +26,7 @@ from bridgerl.config import Config
 from bridgerl.generation import Generated
 from bridgerl.io import read_jsonl, write_jsonl
 from bridgerl.prompts import render_prompt
-from bridgerl.rewards import is_correct
+from bridgerl.rewards.terms import Scorer, finish_metrics
 from bridgerl.train.batches import EpochSampler, SeqBatch, collate
 from bridgerl.train.engines import make_engine
 from bridgerl.train.losses import group_advantages
@@ -116,6 +116,7 @@ class Trainer:
         env = env or ProcEnv()
         check_shardable(cfg, env.world_size)
         self.cfg, self.m, self.tok, self.device, self.env = cfg, models, tokenizer, torch.device(device), env
+        self.scorer = Scorer.from_config(cfg)  # rewards.terms (bridgerl.rewards.terms)
         t = cfg.train
         self.method = t.method
         self.spec = METHODS[t.method]
@@ -246,8 +247,9 @@ class Trainer:
             calls, size = allgather_traffic()
             info.update(rollout_allgathers=calls - traffic[0], rollout_allgather_mb=(size - traffic[1]) / 2**20)
         rows = [r for r in problems for _ in range(g.group_size)]
-        correct = [is_correct(r["data_source"], o, r["answer"]) for r, o in zip(rows, gen.texts)]
-        rewards = torch.tensor([g.reward_correct if c else g.reward_wrong for c in correct], dtype=torch.float32)
+        scores = self.scorer.score(rows, gen.texts)
+        correct = scores.correct
+        rewards = torch.tensor(scores.reward, dtype=torch.float32)
         batch = collate(gen.prompt_ids, gen.response_ids, self.tok.pad_token_id).to(self.device)
         batch.extras["advantages"] = group_advantages(rewards, g.group_size, g.scale_rewards).to(self.device)
         # behaviour log-probs come from the trainer's own forward pass (as verl does), never from the engine; with
@@ -260,19 +262,22 @@ class Trainer:
             batch.extras["ref_logp"] = rl_logprobs(self.m.ref, batch, self.cfg)[0]
         weigh(batch, g.mini_batches, g.loss_agg == "token", self.env.world_size)
         if self.cfg.train.rollout.dump_dir:
-            self.dump_rollouts(problems, gen, rewards)
+            self.dump_rollouts(problems, gen, rewards, scores.values)
         lens = [len(r) for r in gen.response_ids]
+        info.update(scores.metrics())  # per term: reward_sum/, reward_n/, reward_failures/ (finish_metrics)
         info.update({"reward_mean": rewards.mean().item(), "accuracy": float(np.mean(correct)),
                      "response_length": float(np.mean(lens)), "truncation_rate": float(np.mean(gen.truncated)),
                      "generated_tokens": float(sum(lens))})
         return batch, info
 
-    def dump_rollouts(self, problems: list[dict], gen: Generated, rewards: torch.Tensor) -> None:
+    def dump_rollouts(self, problems: list[dict], gen: Generated, rewards: torch.Tensor,
+                      terms: dict[str, list] | None = None) -> None:
         """This rank's rollout batch as JSON lines in train.rollout.dump_dir (written whole, then renamed)."""
         G = self.cfg.train.grpo.group_size
         rows = [{"step": self.step + 1, "id": p["id"], "position": pos, "sample": j,
                  "response_ids": gen.response_ids[i * G + j], "response": gen.texts[i * G + j],
-                 "reward": float(rewards[i * G + j]), "truncated": gen.truncated[i * G + j]}
+                 "reward": float(rewards[i * G + j]), "truncated": gen.truncated[i * G + j],
+                 "terms": {k: v[i * G + j] for k, v in (terms or {}).items()}}
                 for i, (p, pos) in enumerate(zip(problems, self.rl_sampler.positions)) for j in range(G)]
         write_jsonl(Path(self.cfg.train.rollout.dump_dir) / f"step-{self.step + 1:06d}.rank{self.env.rank}.jsonl", rows)
 
@@ -314,7 +319,7 @@ class Trainer:
                        optimizer_steps=float(self.engine.optimizer_steps), peak_memory_mb=peak_memory_mb(),
                        state_memory_mb=state_memory_mb(self.m, self.optimizer),
                        wall_time_s=self.elapsed, phase=phase)
-        return reduce_metrics(metrics, self.env.world_size)
+        return finish_metrics(reduce_metrics(metrics, self.env.world_size))
 
     def reset_ref_to_policy(self) -> None:
         """π_ref ← the current policy (cold start with train.grpo.ref_model = rl_start, when RL begins)."""
@@ -353,7 +358,7 @@ class Trainer:
         prompt_ids = [self._prompt_ids(x["problem"]) for x in mine]
         groups = self.rollout.generate(self.step, prompt_ids, 1, 0.0, 1.0, self.cfg.eval.max_new_tokens)
         texts = self.tok.batch_decode([grp[0].token_ids for grp in groups], skip_special_tokens=True)
-        correct = sum(is_correct(x["data_source"], o, x["answer"]) for x, o in zip(mine[:n_mine], texts))
+        correct = sum(self.scorer.judge_many(mine[:n_mine], texts[:n_mine]))
         c, n = all_reduce([float(correct), float(n_mine)])
         return c / n
 
@@ -397,6 +402,7 @@ class Trainer:
         from bridgerl.train import parallel
 
         self.rollout.close()
+        self.scorer.close()
         self.engine.close()
         parallel.close()
 
@@ -416,6 +422,8 @@ def load_inputs(cfg: Config) -> tuple[list[dict], list[dict], list[dict]]:
     if spec.sft and not demos:
         raise ValueError(f"train.method = {cfg.train.method!r} needs SFT demonstrations, but "
                          f"{cfg.demos.out_dir}/demos.jsonl is empty")
+    with Scorer.from_config(cfg) as scorer:  # every data source it scores has a correctness term
+        scorer.check_sources([r["data_source"] for r in rl + val], f"{data}/rl_train.jsonl, rl_val.jsonl")
     return rl, demos, val
 
 
@@ -425,11 +433,11 @@ def make_trainer(cfg: Config, env: ProcEnv | None = None, device: torch.device |
 
     env = env or detect()
     check_shardable(cfg, env.world_size)
+    rl, demos, val = load_inputs(cfg)  # bad data or reward terms fail here, before any model is loaded
     dev = init_process_group(env, cfg)
     device = torch.device(device) if device is not None else dev
     torch.manual_seed(cfg.seed)
     tok = load_tokenizer(cfg.model.out_dir)
     base = load_model(cfg.model.out_dir, resolve_dtype(cfg.model.dtype, device), device=device)
     models = build_models(cfg, base)
-    rl, demos, val = load_inputs(cfg)
     return Trainer(cfg, models, tok, rl, demos, val, device=device, env=env)
