@@ -96,7 +96,8 @@ def bridge_pipeline(
     or a PyTorchJob (pytorchjob) of `train_nodes` nodes with `train_node_gpus` GPUs each, in
     `train_image`; the train task then only launches and watches it: set `train_gpus=0`
     (`train_cpu`/`train_memory` size the job's nodes). `checkpoint_pvc` mounted at `checkpoint_root`
-    holds training checkpoints and build-demos' journal, so retried tasks resume."""
+    holds training checkpoints and build-demos' journal, so retried tasks resume, and is where the tasks that
+    score (build-demos, train, evaluate) can read a user's reward file."""
     rc = resolve_config(params=params_yaml, overrides=overrides, method=method, preset=preset, base_model=base_model,
                         lr_theta=lr_theta, lr_w=lr_w, lam=lam, steps=steps, epochs=epochs, seed=seed,
                         benchmarks=benchmarks).set_display_name("resolve-config")
@@ -122,6 +123,7 @@ def bridge_pipeline(
                   cpu=eval_cpu, memory=eval_memory, **uri).set_display_name("evaluate")
     place(ev, accelerator=gpu_accelerator, gpus=eval_gpus, cpu=eval_cpu, memory=eval_memory,
           node_selector=gpu_node_selector, tolerations=gpu_tolerations)
+    mount_checkpoints(ev, checkpoint_pvc)  # where a user's reward file can live (README, Your own task and reward)
     reg = register(config=cfg["register"], model=tr.outputs["model"], eval_metrics=ev.outputs["metrics"], **uri)
     reg.set_display_name("register").set_caching_options(enable_caching=False)
     for t in (prep, base, demos, tr, ev, reg):

@@ -103,6 +103,7 @@ def compare_pipeline(
                       **uri).set_display_name("evaluate")
         place(ev, accelerator=gpu_accelerator, gpus=eval_gpus, cpu=eval_cpu, memory=eval_memory,
               node_selector=gpu_node_selector, tolerations=gpu_tolerations)
+        mount_checkpoints(ev, checkpoint_pvc)  # a user's reward file can live there (README, Your own task)
         for t in (tr, ev):
             use_run_id(t)
     report(metrics=dsl.Collected(ev.outputs["metrics"])).set_display_name("report")

@@ -248,3 +248,24 @@ def test_local_data_file_is_a_dependency_of_prepare(tmp_path):
     assert "mydata/mine.jsonl is not listed in dvc.yaml's prepare deps" in sh(["dvc", "repro", "prepare"], root).stderr
     write(3)
     assert ran_stages(sh(["dvc", "repro", "prepare"], root).stdout) == {"resolve-config", "prepare"}
+
+
+def test_a_reward_file_is_a_dependency_of_the_stages_that_score(repo):
+    """A user's reward term in params.yaml: `bridgerl generate` lists its file among the deps of build-demos,
+    train and evaluate; editing the file reruns them (and register), nothing upstream."""
+    (repo / "my_rewards.py").write_text("def fmt(output, answer, row):\n    return 1.0 if '\\\\boxed{' in output else 0.0\n")
+    terms = ("rewards.terms=[{name: correct, function: by_data_source, correctness: true}, "
+             "{name: fmt, function: 'my_rewards.py:fmt', weight: 0.1}]")
+    (repo / "params.yaml").write_text(yaml.safe_dump(fast_params([terms]), sort_keys=False))
+    sh([sys.executable, "-m", "bridgerl", "generate"], repo)
+    deps = {name: s.get("deps", []) for name, s in yaml.safe_load((repo / "dvc.yaml").read_text())["stages"].items()}
+    assert {n for n, d in deps.items() if "my_rewards.py" in d} == {"build-demos", "train", "evaluate"}
+    out = sh(["dvc", "repro"], repo).stdout
+    assert ran_stages(out) == {"resolve-config", "build-demos", "train", "evaluate", "register"}, out
+    assert "reward/fmt" in (repo / "plots/train_curve.csv").read_text().splitlines()[0]
+    (repo / "my_rewards.py").write_text("def fmt(output, answer, row):\n    return 0.5\n")
+    st = sh(["dvc", "status"], repo).stdout
+    assert "my_rewards.py" in st and {"build-demos", "train", "evaluate"} <= status_stages(st), st
+    out = sh(["dvc", "repro"], repo).stdout  # (a constant term shifts every reward alike: register may see no change)
+    assert {"resolve-config", "build-demos", "train", "evaluate"} <= ran_stages(out), out
+    assert json.loads((repo / "metrics/train.json").read_text())["reward/fmt_last10"] == 0.5

@@ -347,8 +347,14 @@ def test_bridge_pipeline_runs_locally(local_kfp):
     from pipelines.bridge_pipeline import bridge_pipeline
 
     tmp = local_kfp
-    run = bridge_pipeline(overrides=_run_overrides(tmp), mlflow_tracking_uri="", checkpoint_root=str(tmp / "ckpt"),
-                          train_gpus=0, eval_gpus=0, lam=0.25)
+    # the user's reward file where the tasks see it (on the cluster: the checkpoint PVC, README "Your own task")
+    (tmp / "ckpt" / "rewards").mkdir(parents=True)
+    (tmp / "ckpt" / "rewards" / "mine.py").write_text(
+        "def boxed_bonus(output, answer, row):\n    return 1.0 if '\\\\boxed{' in output else 0.0\n")
+    terms = ("rewards.terms=[{name: correct, function: by_data_source, correctness: true}, "
+             f"{{name: boxed_bonus, function: '{tmp}/ckpt/rewards/mine.py:boxed_bonus', weight: 0.1}}]")
+    run = bridge_pipeline(overrides=[*_run_overrides(tmp), terms], mlflow_tracking_uri="",
+                          checkpoint_root=str(tmp / "ckpt"), train_gpus=0, eval_gpus=0, lam=0.25)
     model_dir = Path(run.outputs["model"].path)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     assert not [k for k in model.state_dict() if "lora" in k.lower()]
@@ -380,6 +386,10 @@ def test_bridge_pipeline_runs_locally(local_kfp):
     mv = client.get_model_version(reg["name"], reg["version"])
     [train_run] = [r for r in runs if r.data.tags.get("bridgerl.stage") == "train"]
     assert mv.run_id == train_run.info.run_id and mv.tags["train_run_id"] == train_run.info.run_id
+    # the user's term ran in the train task: its mean and failures per step, in MLflow
+    history = client.get_metric_history(train_run.info.run_id, "reward/boxed_bonus")
+    assert history and all(0.0 <= m.value <= 1.0 for m in history)
+    assert train_run.data.metrics["final_reward_failures/boxed_bonus"] == 0.0
     assert len(mv.tags["data.prepared_data"]) == len(mv.tags["data.demos"]) == 64
 
 
