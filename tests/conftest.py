@@ -46,6 +46,7 @@ if _WORKER:
 SLOW_FIRST = [
     "test_real_model.py", "test_containers.py", "test_compare.py", "test_fault_campaign.py",
     "test_dvc_pipeline.py", "test_kfp_pipeline.py", "test_distributed.py", "test_rollout_training.py",
+    "test_reward_terms.py",
 ]
 
 

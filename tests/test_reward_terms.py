@@ -229,3 +229,37 @@ def test_training_logs_each_term_and_survives_a_failing_one(project, rewards_fil
         assert math.isclose(float(r["reward_mean"]), float(r["accuracy"]) + 0.1 * float(r["reward/format"]),
                             abs_tol=1e-6)
     assert json.loads(open(cfg.train.metrics_file).read())["reward_failures/boom"] == 2 * rollouts
+
+
+@pytest.mark.slow
+def test_readme_example_trains_bridge_on_a_custom_task_with_a_custom_verifier(tmp_path):
+    """The README's "Your own task and reward" block, as written, in an empty directory: every stage runs, the
+    user's terms are in the metrics, the evaluation judges the custom benchmark with the user's term."""
+    import re
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Your own task and reward"):]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    bindir = tmp_path / "bin"  # `bridgerl` as this checkout's
+    bindir.mkdir()
+    (bindir / "bridgerl").write_text(f"#!/bin/sh\nexec {sys.executable} -m bridgerl \"$@\"\n")
+    (bindir / "bridgerl").chmod(0o755)
+    work = tmp_path / "mytask"
+    work.mkdir()
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(REPO / "src"),
+           "BRIDGERL_TORCH_THREADS": os.environ.get("BRIDGERL_TORCH_THREADS", "1")}
+    p = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=work, env=env, capture_output=True, text=True,
+                       timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    train = json.loads((work / "metrics/train.json").read_text())
+    assert train["method"] == "bridge" and train["steps"] == 20
+    assert {f"reward/{n}_last10" for n in ("metres", "format", "concise")} <= train.keys()
+    assert train["reward/concise_last10"] < 0 and train["reward_failures/metres"] == 0
+    demos = (work / "data/demos/demos.jsonl").read_text().splitlines()
+    assert len(demos) == 64, "every worked solution passes the user's correctness term"
+    ev = json.loads((work / "metrics/eval.json").read_text())
+    assert set(ev["benchmarks"]) == {"metres"} and ev["benchmarks"]["metres"]["n"] == 40
