@@ -185,9 +185,9 @@ def test_a_data_source_without_a_correctness_term_is_refused(rewards_file, tmp_p
                                     "data_sources: [mytask]}"))
     with Scorer.from_config(cfg) as scorer, pytest.raises(ConfigError, match="data source 'synthetic' .* has no "
                                                                               "correctness term"):
-        scorer.check_sources(["mytask", "synthetic"], "rl_train.jsonl")
+        scorer.check_sources([{"data_source": "mytask"}, {"data_source": "synthetic"}], "rl_train.jsonl")
     with Scorer(make_cfg(tmp_path).rewards) as scorer, pytest.raises(ConfigError, match="no built-in verifier"):
-        scorer.check_sources(["mytask"], "rl_train.jsonl")
+        scorer.check_sources([{"data_source": "mytask"}], "rl_train.jsonl")
 
 
 def test_a_module_beside_params_is_importable_and_its_file_is_a_dependency(rewards_file, tmp_path):

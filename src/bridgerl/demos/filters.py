@@ -106,12 +106,14 @@ def filter_traces(problems: list[dict], samples: dict[str, list[dict]], *, lengt
     out = TraceFilter()
     c = dict.fromkeys(("samples", "dropped_wrong_answer", "correct", "dropped_too_long", "eligible",
                        "problems_without_trace", "kept"), 0)
+    flat = [(row, s) for row in problems for s in samples.get(row["id"], [])]
+    # one call for all traces: a user term runs it in its worker pool
+    verdicts = iter(judge([row for row, _ in flat], [s["response"] for _, s in flat]))
     for row in problems:
         eligible = []
         solved = False
-        mine = samples.get(row["id"], [])
-        verdicts = judge([row] * len(mine), [s["response"] for s in mine])
-        for s, ok in zip(mine, verdicts):
+        for s in samples.get(row["id"], []):
+            ok = next(verdicts)
             c["samples"] += 1
             n = length(s)
             out.lengths_all.append(n)

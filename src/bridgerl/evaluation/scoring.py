@@ -21,13 +21,29 @@ def _mean(xs: list) -> float | None:
     return float(np.mean(xs)) if xs else None
 
 
+JUDGE_BLOCK = 64  # items judged per call: the user terms' workers share a block; progress per block
+
+
+def _judge_all(rows: list[dict], outputs: list[list[str]], scorer: Scorer, progress: bool, desc: str) -> list[bool]:
+    """Every sample's verdict, in order (blocks of items, so that a user term's worker pool runs them
+    concurrently)."""
+    out: list[bool] = []
+    with tqdm(total=len(rows), desc=desc, disable=not progress) as bar:
+        for lo in range(0, len(rows), JUDGE_BLOCK):
+            block = list(zip(rows[lo:lo + JUDGE_BLOCK], outputs[lo:lo + JUDGE_BLOCK]))
+            out += scorer.judge_many([r for r, outs in block for _ in outs], [o for _, outs in block for o in outs])
+            bar.update(len(block))
+    return out
+
+
 def score(rows: list[dict], prompts: list[str], outputs: list[list[str]], n_tokens: list[list[int | None]],
           truncated: list[list[bool | None]], scorer: Scorer, progress: bool = False,
           desc: str = "score") -> tuple[list[dict], dict]:
     """(per-item records, metrics) for rows[i] answered by outputs[i] (k samples each)."""
     items, item_acc, no_answer = [], [], []
-    for r, prompt, outs in tqdm(list(zip(rows, prompts, outputs)), desc=desc, disable=not progress):
-        correct = scorer.judge_many([r] * len(outs), outs)
+    verdicts = iter(_judge_all(rows, outputs, scorer, progress, desc))
+    for r, prompt, outs in zip(rows, prompts, outputs):
+        correct = [next(verdicts) for _ in outs]
         extracted = [extract_answer(o or "") for o in outs]  # what the record shows as the model's answer
         no_answer.extend(x is None for x in extracted)  # '' is never extracted: None is "no answer"
         acc = float(np.mean(correct)) if correct else 0.0

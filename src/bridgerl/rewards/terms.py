@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from bridgerl.rewards import is_correct
 from bridgerl.rewards.extract import extract_answer, last_boxed
 
 log = logging.getLogger(__name__)
@@ -45,25 +46,25 @@ BATCHED_FIRST = ("outputs", "completions", "responses", "texts")  # a batched fu
 ITEM_FIRST = ("output", "completion", "response", "text")
 
 
-def _by_data_source(output: str, answer: str, row: dict) -> bool:
-    from bridgerl.rewards import judge
-
-    return judge(row.get("data_source") or "math", output, answer, row.get("_timeout_s", 5.0))[1]
-
-
-def _math(output: str, answer: str, row: dict) -> bool:
-    from bridgerl.rewards import judge
-
-    return judge("math", output, answer, row.get("_timeout_s", 5.0))[1]
+def data_source(row: dict) -> str:
+    """A record's data source ('math' when it has none, as benchmarks.load tags them)."""
+    return row.get("data_source") or "math"
 
 
-def _synthetic(output: str, answer: str, row: dict) -> bool:
-    from bridgerl.rewards import judge
+# built-ins take the term's budget as a keyword (user functions get theirs from the worker's timer)
+def _by_data_source(output: str, answer: str, row: dict, timeout_s: float = 5.0) -> bool:
+    return is_correct(data_source(row), output, answer, timeout_s)
 
-    return judge("synthetic", output, answer)[1]
+
+def _math(output: str, answer: str, row: dict, timeout_s: float = 5.0) -> bool:
+    return is_correct("math", output, answer, timeout_s)
 
 
-def _boxed(output: str, answer: str, row: dict) -> bool:
+def _synthetic(output: str, answer: str, row: dict, timeout_s: float = 5.0) -> bool:
+    return is_correct("synthetic", output, answer)
+
+
+def _boxed(output: str, answer: str, row: dict, timeout_s: float = 5.0) -> bool:
     return last_boxed(output or "") is not None
 
 
@@ -88,14 +89,16 @@ def load(ref: str, base: Path | None = None) -> Callable:
         if not path.is_file():
             raise TermError(f"file not found: {path}")
         mod_name = f"bridgerl_user_reward_{abs(hash(str(path.resolve())))}"
-        spec = importlib.util.spec_from_file_location(mod_name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = module
-        try:
-            spec.loader.exec_module(module)
-        except Exception as e:
-            sys.modules.pop(mod_name, None)
-            raise TermError(f"{path} failed to import: {type(e).__name__}: {e}") from e
+        module = sys.modules.get(mod_name)  # loaded once per process, as an imported module is
+        if module is None:
+            spec = importlib.util.spec_from_file_location(mod_name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[mod_name] = module
+            try:
+                spec.loader.exec_module(module)
+            except Exception as e:
+                sys.modules.pop(mod_name, None)
+                raise TermError(f"{path} failed to import: {type(e).__name__}: {e}") from e
     else:
         here = str(Path.cwd())
         if here not in sys.path:  # a module beside params.yaml (the console script's path does not hold it)
@@ -213,7 +216,7 @@ class _Term:
             out = []
             for o, a, r in zip(outputs, answers, rows):
                 try:
-                    out.append((self.fn(o, a, {**r, "_timeout_s": self.timeout_s}), None))
+                    out.append((self.fn(o, a, r, timeout_s=self.timeout_s), None))
                 except Exception as e:  # e.g. a data source no verifier knows
                     out.append((None, f"raised {type(e).__name__}: {e}"))
             return out
@@ -284,12 +287,13 @@ class Scorer:
             return self.judge_term(ds) is t  # a catch-all judge steps aside where a source has its own
         return t.applies(ds)
 
-    def check_sources(self, sources: Sequence[str], where: str) -> None:
-        """Every data source in `where` has a correctness term (else a ConfigError before any work)."""
+    def check_sources(self, rows: Sequence[dict], where: str) -> None:
+        """The data source of every record in `where` has a correctness term (else a ConfigError before any
+        work)."""
         from bridgerl.config import ConfigError
         from bridgerl.rewards import known_sources
 
-        for ds in sorted(set(sources)):
+        for ds in sorted({data_source(r) for r in rows}):
             t = self.judge_term(ds)
             if t is None:
                 raise ConfigError(f"rewards.terms: data source {ds!r} (in {where}) has no correctness term "
@@ -305,7 +309,7 @@ class Scorer:
         values: dict[str, list[float | None]] = {}
         failures: dict[str, int] = {}
         errors: dict[str, list[str]] = {}
-        dss = [r.get("data_source") or "math" for r in rows]
+        dss = [data_source(r) for r in rows]
         for t in self.terms:
             idx = [i for i in range(n) if self._applies(t, dss[i])]
             vals: list[float | None] = [None] * n
@@ -333,20 +337,14 @@ class Scorer:
 
     def judge(self, row: dict, output: str) -> tuple[str | None, bool]:
         """(the extracted final answer, whether the correctness term of the row's data source accepts it)."""
-        ds = row.get("data_source") or "math"
-        t = self.judge_term(ds)
-        extracted = extract_answer(output or "")
-        if t is None:
-            return extracted, False
-        (x, err), = t.calls([output], [str(row["answer"])], [row])
-        v = _number(x) if err is None else None
-        return extracted, v is not None and v >= 1.0
+        return extract_answer(output or ""), self.judge_many([row], [output])[0]
 
     def judge_many(self, rows: Sequence[dict], outputs: Sequence[str]) -> list[bool]:
-        """Correctness of each (row, output) by its correctness term, batched per term."""
+        """Correctness of each (row, output) by its correctness term, batched per term (none: not correct)."""
+        judges = [self.judge_term(data_source(r)) for r in rows]
         out = [False] * len(outputs)
-        for t in {id(t): t for t in (self.judge_term(r.get("data_source") or "math") for r in rows) if t}.values():
-            idx = [i for i, r in enumerate(rows) if self.judge_term(r.get("data_source") or "math") is t]
+        for t in {id(t): t for t in judges if t}.values():
+            idx = [i for i, j in enumerate(judges) if j is t]
             res = t.calls([outputs[i] for i in idx], [str(rows[i]["answer"]) for i in idx], [rows[i] for i in idx])
             for i, (x, err) in zip(idx, res):
                 v = _number(x) if err is None else None

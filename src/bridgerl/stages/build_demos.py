@@ -115,7 +115,7 @@ def run(cfg: Config, progress: bool = True) -> dict:
         problems = read_jsonl(data_dir / "rl_train.jsonl", required=("id", "problem", "answer", "data_source"))
     problems = problems[: d.max_problems] if d.max_problems else problems
     scorer = Scorer.judging(cfg)  # which traces are correct: the correctness terms (rewards.terms)
-    scorer.check_sources([r.get("data_source") or "math" for r in problems], "the demonstration problems")
+    scorer.check_sources(problems, "the demonstration problems")
     benchmarks = _benchmarks(cfg)
     pf = filter_problems(problems, Decontaminator(benchmarks, d.decontaminate_ngram, d.decontaminate_exempt))
 

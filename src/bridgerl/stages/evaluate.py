@@ -60,7 +60,7 @@ def run(cfg: Config, model_dir: str | None = None, progress: bool = True) -> dic
     data = {name: benchmarks.load(cfg, name) for name in e.benchmarks}  # fail on bad data before loading a model
     scorer = Scorer.judging(cfg)
     for name, (rows, origin) in data.items():  # each data source has a correctness term, before any work
-        scorer.check_sources([r.get("data_source") or "math" for r in rows], f"benchmark {name} ({origin})")
+        scorer.check_sources(rows, f"benchmark {name} ({origin})")
     backend_name = backends.select_backend(e.backend)
     gen = backends.load_backend(backend_name, str(model_dir), e, cfg.model.dtype, cfg.seed)
     gen.progress = progress
@@ -102,7 +102,7 @@ def score_predictions(cfg: Config, predictions_file: str, benchmark: str, data: 
     e = cfg.eval
     rows, origin = benchmarks.load(cfg, benchmark, data)
     scorer = Scorer.judging(cfg)
-    scorer.check_sources([r.get("data_source") or "math" for r in rows], f"benchmark {benchmark} ({origin})")
+    scorer.check_sources(rows, f"benchmark {benchmark} ({origin})")
     preds = predictions.read(predictions_file, {str(r["id"]) for r in rows}, benchmark, origin)
     scored = [r for r in rows if str(r["id"]) in preds.outputs]
     prompts = [preds.prompts.get(str(r["id"])) or e.prompt_template.format(problem=r["problem"]) for r in scored]

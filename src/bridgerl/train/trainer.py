@@ -423,7 +423,7 @@ def load_inputs(cfg: Config) -> tuple[list[dict], list[dict], list[dict]]:
         raise ValueError(f"train.method = {cfg.train.method!r} needs SFT demonstrations, but "
                          f"{cfg.demos.out_dir}/demos.jsonl is empty")
     with Scorer.from_config(cfg) as scorer:  # every data source it scores has a correctness term
-        scorer.check_sources([r["data_source"] for r in rl + val], f"{data}/rl_train.jsonl, rl_val.jsonl")
+        scorer.check_sources(rl + val, f"{data}/rl_train.jsonl, rl_val.jsonl")
     return rl, demos, val
 
 
