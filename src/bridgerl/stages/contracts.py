@@ -176,7 +176,7 @@ def task_config(cfg, stage: Stage) -> dict:
 def local_files(cfg, stage: Stage) -> list[str]:
     """Local files this stage reads (named in data.rl_sources / eval.sources / demos.dataset; init-model: a
     local model.base file or directory, not a file inside an installed package, whose path is the machine's;
-    the stages that score: the source files of user reward terms, `bridgerl.rewards.terms.files`)."""
+    the stages that score: the source files of user reward terms, `reward_file`)."""
     if not stage.local_files:
         return []
     found: set[str] = set()
