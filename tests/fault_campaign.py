@@ -7,10 +7,11 @@ the default local MLflow store: once uninterrupted (the reference), once stage b
 (each stage is killed `trials / 6` times, then run to completion: `train` with --resume, as the README's
 recovery recipe does).
 
-Kill points are steps of the stage's own work, not times, so that every kill lands inside the stage
-whatever the machine's speed: the stage counts its file-system writes (audit events in its main thread:
-files opened for writing, renames, removals, directories made or removed, database connections), and
-is killed at the k-th one. k is drawn uniformly from the writes the stage makes *from the project's state
+Half of train's and register's kills (rounded up) land in their checkpoint and registration writes
+(`TARGETS`), the rest anywhere. Kill points are steps of the stage's own work, not times, so that every
+kill lands inside the stage whatever the machine's speed: the stage counts its file-system writes (audit
+events in its main thread: files opened for writing, renames, removals, directories made or removed,
+database connections), and is killed at the k-th one. k is drawn uniformly from the writes the stage makes *from the project's state
 at that trial* (a resumed stage does less work than a fresh one), counted by a probe: the stage is run
 to completion on a snapshot of the project, which is then put back. Stages are seeded and run on CPU, so
 the trial makes the same writes as its probe and is killed at the k-th.
@@ -19,7 +20,8 @@ After every kill and every completion it checks:
 - no half-written output: each output of the killed stage is absent or byte-identical to the
   reference (never partial), and no temporary sibling survives a completed rerun;
 - the completed stage's outputs equal the uninterrupted run's, byte for byte (CPU, seeded);
-- the registry holds exactly one version of the model, complete, with `challenger` on it;
+- the registry holds exactly one version of the model, complete, with `challenger` on it, no register run
+  is left RUNNING and no logged model is without a version (the rerun repaired what the kills left);
 - the demos journal only grows: every record present after a kill is still there after the rerun.
 
 Stages run as forked children of this process (which imports the libraries once and never computes
@@ -95,15 +97,33 @@ def _is_write(event: str, args: tuple) -> bool:
     return event in WRITE_EVENTS
 
 
-def _count_writes(kill_at: int | None) -> dict:
-    """In the stage's process: count its main thread's writes; SIGKILL itself at the `kill_at`-th."""
+# writes of the work each stage must survive being killed in: train's checkpoint saves (a temporary
+# checkpoint directory, the state, its manifest, the rename into place; torch writes state.pt's bytes in C++,
+# unseen, between the open of the directory and the manifest) and register's MLflow writes (the store, the
+# logged model's artifacts, the version and its tags), as opposed to its result file
+TARGETS = {"train": "checkpoint", "register": "registration"}
+
+
+def _label(stage: str, event: str, args: tuple) -> str:
+    where = str(args[0]) if args else ""
+    if stage == "train" and "checkpoints" in where:
+        return "checkpoint"
+    if stage == "register" and (event == "sqlite3.connect" or "mlruns" in where):
+        return "registration"
+    return "other"
+
+
+def _count_writes(kill_at: int | None, stage: str = "") -> dict:
+    """In the stage's process: count its main thread's writes (and label each); SIGKILL itself at the
+    `kill_at`-th."""
     import threading
 
-    main, seen = threading.get_ident(), {"n": 0}
+    main, seen = threading.get_ident(), {"n": 0, "labels": []}
 
     def hook(event: str, args: tuple) -> None:
         if threading.get_ident() == main and _is_write(event, args):
             seen["n"] += 1
+            seen["labels"].append(_label(stage, event, args))
             if seen["n"] == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
 
@@ -123,10 +143,10 @@ def start(project: Path, stage: str, log: Path, kill_at: int | None = None, coun
             os.dup2(fd, 2)
             from bridgerl import cli
 
-            seen = _count_writes(kill_at)
+            seen = _count_writes(kill_at, stage)
             rc = cli.main(_argv(stage))
             if count_to is not None:
-                count_to.write_text(str(seen["n"]))
+                count_to.write_text(json.dumps(seen["labels"]))
         except BaseException:  # noqa: BLE001 - reported through the exit status and the log
             import traceback
 
@@ -151,16 +171,16 @@ def run(project: Path, stage: str, log: Path) -> float:
     return time.monotonic() - t0
 
 
-def probe(project: Path, stage: str, log: Path) -> int:
-    """The writes `stage` makes from the project's present state: run it to completion, then put the
-    project back as it was (a snapshot at the same path, so that everything it records is unchanged)."""
+def probe(project: Path, stage: str, log: Path) -> list[str]:
+    """The writes `stage` makes from the project's present state (a label each): run it to completion, then
+    put the project back as it was (a snapshot at the same path, so that everything it records is unchanged)."""
     snap, count = project.with_name(project.name + ".snapshot"), project.with_name("writes.count")
     shutil.copytree(project, snap, symlinks=True)
     try:
         rc = wait(start(project, stage, log, count_to=count))
         if rc != 0:
             raise RuntimeError(f"{stage} failed ({rc}) in its probe run:\n{log.read_text()[-3000:]}")
-        return int(count.read_text())
+        return json.loads(count.read_text())
     finally:
         shutil.rmtree(project)
         os.rename(snap, project)
@@ -195,10 +215,18 @@ def registry_state(project: Path) -> dict:
         rows = con.execute("select version from model_versions where current_stage != 'Deleted_Internal'").fetchall()
         tags = {(v, k): val for v, k, val in con.execute("select version, key, value from model_version_tags")}
         alias = dict(con.execute("select alias, version from registered_model_aliases").fetchall())
+        # what a killed register leaves unless a rerun repairs it: its run RUNNING, a logged model no version uses
+        running = [r for (r,) in con.execute(
+            "select runs.run_uuid from runs join tags on tags.run_uuid = runs.run_uuid where runs.status = 'RUNNING'"
+            " and runs.lifecycle_stage = 'active' and tags.key = 'bridgerl.stage' and tags.value = 'register'")]
+        used = {src for (src,) in con.execute(
+            "select source from model_versions where current_stage != 'Deleted_Internal'")}
+        models = [m for (m,) in con.execute("select model_id from logged_models where lifecycle_stage = 'active'")]
     finally:
         con.close()
     versions = sorted(int(v) for (v,) in rows)
-    return {"versions": versions, "states": [tags.get((v, "bridgerl.state")) for v in versions], "aliases": alias}
+    return {"versions": versions, "states": [tags.get((v, "bridgerl.state")) for v in versions], "aliases": alias,
+            "running_register_runs": running, "unused_models": [m for m in models if f"models:/{m}" not in used]}
 
 
 def journal_records(project: Path) -> set[str]:
@@ -227,14 +255,18 @@ def campaign(trials: int, seed: int, root: Path) -> dict:
     kills = {s: trials // len(STAGES) + (1 if i < trials % len(STAGES) else 0) for i, s in enumerate(STAGES)}
     done, log = 0, []
     for stage in STAGES:
-        for _ in range(kills[stage]):
-            writes = probe(work, stage, root / "probe.log")
-            at = rng.randint(1, writes)
+        for i in range(kills[stage]):
+            labels = probe(work, stage, root / "probe.log")
+            writes = len(labels)
+            # the first kills of train and register land in their checkpoint / registration writes, the rest anywhere
+            target = TARGETS.get(stage) if i < (kills[stage] + 1) // 2 else None
+            pool = [k + 1 for k, lab in enumerate(labels) if lab == target] if target else []
+            at = rng.choice(pool) if pool else rng.randint(1, writes)
             before_journal = journal_records(work)
             rc = wait(start(work, stage, root / "killed.log", kill_at=at))
             done += 1
-            log.append([stage, at, writes, rc])
-            where = f"trial {done}: {stage} killed at write {at} of {writes} (rc {rc})"
+            log.append([stage, at, writes, rc, labels[at - 1]])
+            where = f"trial {done}: {stage} killed at write {at} of {writes} ({labels[at - 1]}; rc {rc})"
             for rel in OUTPUTS[stage]:
                 got = digest(work / rel, rel)
                 if got not in (None, reference[rel]):
@@ -256,9 +288,12 @@ def campaign(trials: int, seed: int, root: Path) -> dict:
     if len(reg["versions"]) != 1 or reg.get("states") != ["complete"] or \
             str(reg.get("aliases", {}).get("challenger")) != str(reg["versions"][0] if reg["versions"] else None):
         failures.append(f"registry: expected one complete version with alias challenger, got {reg}")
+    if reg.get("running_register_runs") or reg.get("unused_models"):
+        failures.append(f"registry: killed registers left runs RUNNING or logged models no version uses: {reg}")
     if journal_records(work) != journal_records(ref):
         failures.append("demos journal: the killed project's journal differs from the uninterrupted one's")
-    return {"trials": done, "interrupted": sum(rc == -signal.SIGKILL for *_, rc in log), "failures": len(failures),
+    return {"trials": done, "interrupted": sum(k[3] == -signal.SIGKILL for k in log), "failures": len(failures),
+            "killed_in": {lab: sum(k[4] == lab for k in log) for lab in ("checkpoint", "registration", "other")},
             "details": failures, "seed": seed, "kills": log,
             "kills_per_stage": kills, "reference_s": {s: round(d, 2) for s, d in durations.items()}}
 

@@ -353,3 +353,100 @@ def test_readme_serving_snippet_works_as_written(in_project):
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.strip().startswith("[") and len(p.stdout.strip()) > 2, p.stdout
     assert not (in_project / "mlflow.db").exists()
+
+
+def test_same_registration_at_once_makes_one_version(in_project, server):
+    """Two registers of the same model and evaluation at once (issue 27: lookup-then-create made two
+    complete versions with one registration key): they settle on one version, and a rerun removes a
+    duplicate that older code left."""
+    from mlflow import MlflowClient
+
+    name = "twice"
+    cfgs = [cfg_with_metric(in_project, server, name, 0.5, f"registry.out_file={in_project}/metrics/register_{i}.json")
+            for i in (0, 1)]
+    start, results, errors = threading.Barrier(2), {}, []
+
+    def go(i):
+        try:
+            start.wait()
+            results[i] = register.run(cfgs[i], model_dir=str(in_project / "models" / "base"))
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    (only,) = versions(server, name)
+    assert {r["version"] for r in results.values()} == {only}
+    assert versions(server, name)[only].tags[registry.STATE_TAG] == registry.COMPLETE
+    assert aliases(server, name) == {"challenger": only}
+
+    # a duplicate as the old lookup-then-create left it: another complete version with the same key
+    mlc = MlflowClient(server.uri)
+    mv = versions(server, name)[only]
+    dup = mlc.create_model_version(name, source=mv.source, run_id=mv.run_id, model_id=registry.model_id(mv),
+                                   tags=dict(mv.tags))
+    assert len(versions(server, name)) == 2
+    again = register.run(cfgs[0], model_dir=str(in_project / "models" / "base"))
+    assert again["version"] == only and again["deleted_stale"] == [str(dup.version)]
+    assert list(versions(server, name)) == [only]
+    exp = mlc.get_experiment_by_name(cfgs[0].tracking.experiment).experiment_id
+    assert registry.model_id(versions(server, name)[only]) in {m.model_id for m in mlc.search_logged_models([exp])}
+
+
+KILL_IN_CREATE_VERSION = (
+    "import os, signal, sys\n"
+    "from mlflow import MlflowClient\n"
+    "MlflowClient.create_model_version = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+    "from bridgerl import cli\n"
+    "raise SystemExit(cli.main(sys.argv[1:]))\n")
+
+
+def test_killed_register_is_repaired(in_project, server):
+    """A register SIGKILLed between logging the model and creating its version leaves its run RUNNING and
+    a logged model no version uses (issue 27); `register --repair` cleans both, and so does a plain rerun
+    (the killed process is gone: no need to wait for registry.pending_grace_s)."""
+    from mlflow import MlflowClient
+
+    name = "killed"
+    cfg = cfg_with_metric(in_project, server, name, 0.5)
+    args = ["register", "--model", str(in_project / "models" / "base"), "-P", str(REPO / "params.yaml"),
+            *[a for o in FAST + path_overrides(in_project) + registry_overrides(server, name) for a in ("-S", o)]]
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    mlc = MlflowClient(server.uri)
+
+    def kill_once() -> tuple[str, str]:
+        p = subprocess.run([sys.executable, "-c", KILL_IN_CREATE_VERSION, *args], cwd=in_project, env=env,
+                           capture_output=True, text=True, timeout=600)
+        assert p.returncode == -9, p.stderr[-3000:]
+        exp = mlc.get_experiment_by_name(cfg.tracking.experiment).experiment_id
+        (run,) = mlc.search_runs([exp], f"tags.`{registry.REGISTERED_TAG}` = '{name}' and attributes.status = 'RUNNING'")
+        models = [m for m in mlc.search_logged_models([exp], filter_string=f"tags.`{registry.REGISTERED_TAG}` = '{name}'")]
+        assert len(models) == 1 and not versions(server, name)
+        return run.info.run_id, models[0].model_id
+
+    run_id, model_id = kill_once()
+    p = run_cli(*args, "--repair", cwd=in_project)
+    out = json.loads(p.stdout)
+    assert out["killed_runs"] == [run_id] and out["deleted_models"] == [model_id], out
+    assert mlc.get_run(run_id).info.status == "KILLED"
+    assert not [m for m in mlc.search_logged_models([mlc.get_run(run_id).info.experiment_id],
+                                                    filter_string=f"tags.`{registry.REGISTERED_TAG}` = '{name}'")]
+    assert not Path(cfg.registry.out_file).exists(), "--repair registered something"
+
+    run_id, model_id = kill_once()
+    res = run_cli(*args, cwd=in_project)
+    res = json.loads(res.stdout)
+    assert res["killed_runs"] == [run_id] and res["deleted_models"] == [model_id], res
+    assert mlc.get_run(run_id).info.status == "KILLED"
+    (only,) = versions(server, name)
+    assert res["version"] == only and versions(server, name)[only].tags[registry.STATE_TAG] == registry.COMPLETE
+    exp = mlc.get_run(run_id).info.experiment_id
+    assert not mlc.search_runs([exp], f"tags.`{registry.REGISTERED_TAG}` = '{name}' and attributes.status = 'RUNNING'")
+    # the registered version's own logged model is kept (its process is gone too, but a version uses it)
+    kept = registry.model_id(versions(server, name)[only])
+    assert kept and kept in {m.model_id for m in mlc.search_logged_models([exp])}
+    assert json.loads(run_cli(*args, "--repair", cwd=in_project).stdout)["deleted_models"] == []

@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=None, help="spawn torchrun with N processes on this node")
     p = cmd("evaluate", "evaluate a model on eval.benchmarks, or score saved predictions")
     p.add_argument("--model", default=None, help="model directory (default: train.out_dir)")
+    p.add_argument("--repair", action="store_true",
+                   help="register nothing: remove what killed or racing registrations left (duplicate or abandoned "
+                        "versions, runs left RUNNING, logged models no version uses)")
     p.add_argument("--predictions", default=None, help="score a JSONL of {id, output} without loading a model")
     p.add_argument("--benchmark", default=None, help="benchmark name for --predictions")
     p.add_argument("--data", default=None,
@@ -99,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for report.md / report.png / report.json")
     p = cmd("register", "log and register the trained model in MLflow (alias challenger)")
     p.add_argument("--model", default=None, help="model directory (default: train.out_dir)")
+    p.add_argument("--repair", action="store_true",
+                   help="register nothing: remove what killed or racing registrations left (duplicate or abandoned "
+                        "versions, runs left RUNNING, logged models no version uses)")
     p = cmd("promote", "move alias champion to a version if it beats the current champion")
     p.add_argument("--version", default=None, help="version to promote (default: the challenger)")
     p.add_argument("--force", action="store_true", help="promote even if the gate refuses (recorded in the history)")
@@ -444,7 +450,7 @@ def _registry_command(args, cfg) -> int:
         if c == "register":
             from bridgerl.stages import register
 
-            out = register.run(cfg, model_dir=args.model)
+            out = register.repair(cfg) if args.repair else register.run(cfg, model_dir=args.model)
         elif c == "promote":
             out = registry.promote(cfg, version=args.version, force=args.force)
         else:

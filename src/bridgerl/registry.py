@@ -14,6 +14,15 @@ Owns everything `bridgerl register | promote | rollback` does to the registered 
   it becomes `complete` only after alias `challenger` points at it. A rerun of the same
   registration finds the pending version by its key and completes it instead of creating another;
   other pending versions older than `registry.pending_grace_s` (abandoned registrations) are deleted.
+- One version per registration. The registry has no create-if-absent, so two registrations of the same
+  key at once can both create a version; each then settles on the same one (the champion if one of
+  them is, else the lowest-numbered) and deletes the others (`settle_duplicates`), so they converge on
+  one version whichever finishes first, and a rerun removes a duplicate left by older code.
+- Repair. A register killed mid-way leaves its MLflow run RUNNING and perhaps a logged model no version
+  uses; every register (and `bridgerl register --repair`) marks such runs KILLED and deletes such logged
+  models once they are older than `registry.pending_grace_s` or their process (on this host) is gone
+  (`clean_abandoned`). Both carry the tags `bridgerl.registered_model`, `bridgerl.host` and
+  `bridgerl.pid` from the moment they are created, so that they can be found.
 - Promotion. `promote()` moves alias `champion` to a version only if its `metric.<registry.metric>`
   tag beats the champion's by `registry.margin` (`--force` overrides and is recorded).
 - History. Each promotion/rollback is a tag `bridgerl.history.<ns timestamp>` (JSON) on the
@@ -29,6 +38,7 @@ import logging
 import math
 import os
 import re
+import socket
 import threading
 import time
 from datetime import datetime, timezone
@@ -42,6 +52,8 @@ log = logging.getLogger(__name__)
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 KEY_TAG = "bridgerl.registration_key"
+REGISTERED_TAG = "bridgerl.registered_model"  # on register runs and the models they log: for which registered model
+HOST_TAG, PID_TAG = "bridgerl.host", "bridgerl.pid"  # ... and which process made them
 STATE_TAG = "bridgerl.state"
 PENDING, COMPLETE = "pending", "complete"
 HISTORY_PREFIX = "bridgerl.history."
@@ -209,11 +221,127 @@ def _q(value: str) -> str:
     return value.replace("'", "\\'")
 
 
+def find_versions(mlc, name: str, key: str) -> list:
+    """The versions of `name` created by the registration `key`, lowest number first."""
+    found = mlc.search_model_versions(f"name = '{_q(name)}' and tags.`{KEY_TAG}` = '{_q(key)}'")
+    return sorted(found, key=lambda v: int(v.version))
+
+
 def find_version(mlc, name: str, key: str):
     """The version of `name` created by the registration `key`, or None."""
-    found = mlc.search_model_versions(f"name = '{_q(name)}' and tags.`{KEY_TAG}` = '{_q(key)}'")
-    found = sorted(found, key=lambda v: int(v.version))
+    found = find_versions(mlc, name, key)
     return found[0] if found else None
+
+
+def model_id(mv) -> str | None:
+    """The logged model a version was made from (MLflow 3): the field, or its `models:/<id>` source (some
+    stores' search answers leave the field empty)."""
+    mid = getattr(mv, "model_id", None)
+    if mid:
+        return mid
+    src = str(getattr(mv, "source", "") or "")
+    return src[len("models:/"):].split("/")[0] if src.startswith("models:/m-") else None
+
+
+def _gone(fn: Callable, *args) -> None:
+    """Delete something that a concurrent registration may have deleted first."""
+    try:
+        fn(*args)
+    except Exception as e:  # noqa: BLE001 - only "not found" is expected; anything else is raised
+        if not _not_found(e):
+            raise
+
+
+def settle_duplicates(cfg: Config, mlc, mv) -> tuple[Any, list[str]]:
+    """The one version the registration of `mv` keeps, and the duplicates of it deleted.
+
+    Every version tagged with `mv`'s registration key is a candidate; the one kept is the `champion`
+    among them if any (a promoted duplicate stays), else the lowest-numbered. Two registrations racing
+    both reach this after creating their versions and agree on the one kept, so they converge on one
+    version; deleting a version another racer deleted first is not an error.
+    """
+    name, key = mv.name, mv.tags.get(KEY_TAG)
+    found = call(cfg, f"list the versions of {name} with this registration", find_versions, mlc, name, key)
+    if len(found) <= 1:
+        return (found[0] if found else mv), []
+    rm = call(cfg, f"read registered model {name}", mlc.get_registered_model, name)
+    champion = aliases(rm).get(CHAMPION)
+    keep = next((v for v in found if str(v.version) == champion), found[0])
+    deleted = []
+    for v in found:
+        if str(v.version) == str(keep.version):
+            continue
+        log.warning("deleting version %s of %s: a duplicate of version %s (the same registration, %s=%s)",
+                    v.version, name, keep.version, KEY_TAG, key)
+        call(cfg, f"delete duplicate version {v.version}", _gone, mlc.delete_model_version, name, v.version)
+        if model_id(v) and model_id(v) != model_id(keep):
+            call(cfg, f"delete the logged model of version {v.version}", _gone, mlc.delete_logged_model, model_id(v))
+        deleted.append(str(v.version))
+    return keep, deleted
+
+
+def owner_tags(name: str) -> dict[str, str]:
+    """Tags on a register run and the model it logs from their creation: the registered model they are for,
+    and the host and process doing it (so that a later register knows when that process is gone)."""
+    return {REGISTERED_TAG: name, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
+def _abandoned(tags: dict, created_ms: int, cutoff_ms: float) -> bool:
+    """Older than the grace period, or made by a process of this host that no longer exists."""
+    if created_ms <= cutoff_ms:
+        return True
+    if tags.get(HOST_TAG) != socket.gethostname() or not str(tags.get(PID_TAG, "")).isdigit():
+        return False
+    pid = int(tags[PID_TAG])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _logged_models(mlc, experiment_ids: list[str], flt: str) -> list:
+    out, token = [], None
+    while True:
+        page = mlc.search_logged_models(experiment_ids, filter_string=flt, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def clean_abandoned(cfg: Config, mlc, experiment_ids: list[str]) -> dict:
+    """Repair what killed registers left: their runs still RUNNING are marked KILLED, and the models they
+    logged that no version uses are deleted; "killed" = older than registry.pending_grace_s, or made by
+    a process of this host that is gone (a registration in progress elsewhere is younger than the grace).
+    Returns {"killed_runs": [...], "deleted_models": [...]}."""
+    name = cfg.registry.model_name
+    cutoff_ms = (time.time() - cfg.registry.pending_grace_s) * 1000
+    tagged = f"tags.`{REGISTERED_TAG}` = '{_q(name)}'"
+    runs = call(cfg, f"list unfinished register runs of {name}", mlc.search_runs, experiment_ids,
+                f"{tagged} and attributes.status = 'RUNNING'")
+    killed = []
+    for r in runs:
+        if _abandoned(r.data.tags, r.info.start_time, cutoff_ms):
+            log.warning("marking register run %s KILLED (started %s, never finished)", r.info.run_id,
+                        _iso(r.info.start_time / 1000))
+            call(cfg, f"end run {r.info.run_id}", mlc.set_terminated, r.info.run_id, "KILLED")
+            killed.append(r.info.run_id)
+    used = {model_id(v) for v in call(cfg, f"list versions of {name}", mlc.search_model_versions,
+                                                       f"name = '{_q(name)}'")}
+    models = call(cfg, f"list models logged for {name}", _logged_models, mlc, experiment_ids, tagged)
+    deleted = []
+    for m in models:
+        if m.model_id not in used and _abandoned(m.tags, m.creation_timestamp, cutoff_ms):
+            log.warning("deleting logged model %s (logged %s for %s; no version uses it)", m.model_id,
+                        _iso(m.creation_timestamp / 1000), name)
+            call(cfg, f"delete logged model {m.model_id}", _gone, mlc.delete_logged_model, m.model_id)
+            deleted.append(m.model_id)
+    return {"killed_runs": killed, "deleted_models": deleted}
 
 
 def complete_version(cfg: Config, mlc, mv, tags: dict[str, str]):
@@ -231,7 +359,7 @@ def complete_version(cfg: Config, mlc, mv, tags: dict[str, str]):
     return call(cfg, f"read version {v} of {name}", mlc.get_model_version, name, v)
 
 
-def clean_stale(cfg: Config, mlc, keep_version: str) -> list[str]:
+def clean_stale(cfg: Config, mlc, keep_version: str | None) -> list[str]:
     """Delete pending versions (other than `keep_version`) older than registry.pending_grace_s: abandoned
     registrations, or a duplicate left by two runs of the same registration racing."""
     name = cfg.registry.model_name

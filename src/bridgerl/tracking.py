@@ -99,10 +99,11 @@ class _NoRun:
 
 @contextlib.contextmanager
 def stage_run(cfg: Config, stage: str, run_id: str | None = None, log_params: bool = True,
-              enabled: bool = True) -> Iterator:
+              enabled: bool = True, tags: dict[str, str] | None = None) -> Iterator:
     """Start (or, with run_id, resume) the MLflow run of one stage; yields the `mlflow` module, or a
     stand-in whose logging calls do nothing when tracking is off or `enabled` is False (e.g. on the
-    ranks other than 0 of a data-parallel job)."""
+    ranks other than 0 of a data-parallel job). `tags` are set when the run is created (a run killed at
+    once still has them)."""
     if not (enabled and cfg.tracking.enabled):
         yield _NoRun()
         return
@@ -112,7 +113,7 @@ def stage_run(cfg: Config, stage: str, run_id: str | None = None, log_params: bo
     env_before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri(cfg))  # (also exports MLFLOW_TRACKING_URI: restored below)
     try:
-        with _stage_run(cfg, stage, run_id, log_params) as m:
+        with _stage_run(cfg, stage, run_id, log_params, tags or {}) as m:
             yield m
     finally:
         if env_before is None:
@@ -122,7 +123,7 @@ def stage_run(cfg: Config, stage: str, run_id: str | None = None, log_params: bo
 
 
 @contextlib.contextmanager
-def _stage_run(cfg: Config, stage: str, run_id: str | None, log_params: bool) -> Iterator:
+def _stage_run(cfg: Config, stage: str, run_id: str | None, log_params: bool, extra_tags: dict[str, str]) -> Iterator:
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -139,7 +140,7 @@ def _stage_run(cfg: Config, stage: str, run_id: str | None, log_params: bool) ->
     if run_id is None:
         parent = _parent_run(client, exp.experiment_id, pid, cfg)
         tags = {"bridgerl.stage": stage, "bridgerl.pipeline_id": pid, "mlflow.parentRunId": parent,
-                "mlflow.source.git.commit": git_commit(), "bridgerl.config_digest": cfg.digest()}
+                "mlflow.source.git.commit": git_commit(), "bridgerl.config_digest": cfg.digest(), **extra_tags}
         kfp_run = os.environ.get("KFP_RUN_ID")
         if kfp_run:
             tags["kubeflow.run_id"] = kfp_run

@@ -209,9 +209,10 @@ def _log_and_register(cfg: Config, mlc, model_dir: Path, metrics: dict, tags: di
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name = cfg.registry.model_name
-    with stage_run(cfg, "register") as mlf:
+    owner = {**registry.owner_tags(name), registry.KEY_TAG: key}  # on the run and its logged model from the start
+    with stage_run(cfg, "register", tags=owner) as mlf:
         mlf.log_metrics(metrics)
-        mlf.set_tags({"bridgerl.registration_key": key, "bridgerl.model_dir": str(model_dir)})
+        mlf.set_tags({"bridgerl.model_dir": str(model_dir)})
         source_run = train_run.info.run_id if train_run is not None else mlf.active_run().info.run_id
         gen = generation_config(cfg)
         # transformers' meta-device model construction is not thread-safe (a global default-device mode that
@@ -225,13 +226,13 @@ def _log_and_register(cfg: Config, mlc, model_dir: Path, metrics: dict, tags: di
                     transformers_model={"model": model, "tokenizer": tok}, name="model", task="llm/v1/chat",
                     input_example={"messages": [{"role": "user", "content": INPUT_EXAMPLE}]},
                     model_config={k: v for k, v in gen.items() if k != "return_full_text"},
-                    pip_requirements=_requirements(), run_id=source_run)
+                    pip_requirements=_requirements(), run_id=source_run, tags=owner)
             else:
                 info = mlflow.transformers.log_model(
                     transformers_model={"model": model, "tokenizer": tok}, name="model", task="text-generation",
                     signature=infer_signature([INPUT_EXAMPLE], ["generated text"], params=gen),
                     input_example=[INPUT_EXAMPLE], model_config=gen, prompt_template=prompt_template(cfg, tok),
-                    pip_requirements=_requirements(), run_id=source_run)
+                    pip_requirements=_requirements(), run_id=source_run, tags=owner)
             card = model_card(cfg, metrics, tags, serving(cfg, tok))
         mlflow.log_input(model=LoggedModelInput(info.model_id))  # the register run consumed this model
         try:
@@ -242,6 +243,34 @@ def _log_and_register(cfg: Config, mlc, model_dir: Path, metrics: dict, tags: di
         return mlc.create_model_version(name, source=info.model_uri, run_id=source_run, model_id=info.model_id,
                                         description=card, await_creation_for=0,
                                         tags={**tags, registry.KEY_TAG: key, registry.STATE_TAG: registry.PENDING})
+
+
+def _experiments(cfg: Config, mlc) -> list[str]:
+    exp = registry.call(cfg, f"read experiment {cfg.tracking.experiment}", mlc.get_experiment_by_name,
+                        cfg.tracking.experiment)
+    return [exp.experiment_id] if exp else []
+
+
+def repair(cfg: Config) -> dict:
+    """`bridgerl register --repair`: register nothing; collapse duplicate versions of one registration,
+    delete abandoned pending versions, end the runs of killed registers and delete the models they logged
+    that no version uses (what every register also does after registering)."""
+    if not cfg.tracking.enabled:
+        raise ConfigError("tracking.enabled = False: `bridgerl register --repair` needs MLflow")
+    name = cfg.registry.model_name
+    with registry.http_settings(cfg):
+        mlc = registry.client(cfg)
+        found = registry.call(cfg, f"list versions of {name}", mlc.search_model_versions,
+                              f"name = '{registry._q(name)}'")
+        keys = sorted({mv.tags[registry.KEY_TAG] for mv in found if registry.KEY_TAG in mv.tags})
+        deleted: list[str] = []
+        for key in keys:
+            mv = registry.find_version(mlc, name, key)
+            if mv is not None:
+                deleted += registry.settle_duplicates(cfg, mlc, mv)[1]
+        deleted += registry.clean_stale(cfg, mlc, keep_version=None)
+        repaired = registry.clean_abandoned(cfg, mlc, _experiments(cfg, mlc))
+    return {"name": name, "deleted_versions": deleted, **repaired}
 
 
 def skip_reason(cfg: Config) -> str | None:
@@ -294,13 +323,17 @@ def run(cfg: Config, model_dir: str | None = None, on_registered: Callable | Non
                                or _log_and_register(cfg, mlc, model_dir, metrics, tags, key, train_run))
         if on_registered is not None:
             on_registered(mv)
+        # a registration racing this one may have created a version of the same key: both keep the same one
+        mv, duplicates = registry.settle_duplicates(cfg, mlc, mv)
         mv = registry.complete_version(cfg, mlc, mv, tags)
-        deleted = registry.clean_stale(cfg, mlc, mv.version)
+        deleted = duplicates + registry.clean_stale(cfg, mlc, mv.version)
+        repaired = registry.clean_abandoned(cfg, mlc, _experiments(cfg, mlc))
         rm = registry.call(cfg, f"read registered model {name}", mlc.get_registered_model, name)
     version = str(mv.version)
     result = {"name": name, "registered": True, "version": version, "run_id": mv.run_id,
               "model_uri": f"models:/{name}/{version}",
               "tracking_uri": tracking_uri(cfg), "key": key, "resumed": resumed, "deleted_stale": deleted,
+              **repaired,
               "aliases": sorted(a for a, v in registry.aliases(rm).items() if v == version),
               "challenger": registry.aliases(rm).get(registry.CHALLENGER),
               "metric": {cfg.registry.metric: metrics[cfg.registry.metric]}}
