@@ -11,10 +11,10 @@ Half of train's and register's kills (rounded up) land in their checkpoint and r
 (`TARGETS`), the rest anywhere. Kill points are steps of the stage's own work, not times, so that every
 kill lands inside the stage whatever the machine's speed: the stage counts its file-system writes (audit
 events in its main thread: files opened for writing, renames, removals, directories made or removed,
-database connections), and is killed at the k-th one. k is drawn uniformly from the writes the stage makes *from the project's state
-at that trial* (a resumed stage does less work than a fresh one), counted by a probe: the stage is run
-to completion on a snapshot of the project, which is then put back. Stages are seeded and run on CPU, so
-the trial makes the same writes as its probe and is killed at the k-th.
+database connections), and is killed at the k-th one. k is drawn uniformly from the writes the stage
+makes *from the project's state at that trial* (a resumed stage does less work than a fresh one), counted
+by a probe: the stage is run to completion on a snapshot of the project, which is then put back. Stages
+are seeded and run on CPU, so the trial makes the same writes as its probe and is killed at the k-th.
 After every kill and every completion it checks:
 
 - no half-written output: each output of the killed stage is absent or byte-identical to the
