@@ -62,7 +62,8 @@ OUTPUTS = {  # relative to the project (params.yaml's own paths)
 }
 # outputs whose content holds wall times or run ids: compared without those fields
 VOLATILE = {"metrics/train.json": ("wall_time_s", "peak_memory_mb", "state_memory_mb"),
-            "metrics/register.json": ("run_id", "tracking_uri", "resumed", "deleted_stale", "promotion")}
+            "metrics/register.json": ("run_id", "tracking_uri", "resumed", "deleted_stale", "promotion",
+                                      "killed_runs", "deleted_models")}
 OVERRIDES = [*FAST, "tracking.enabled=true", "train.steps=6", "train.save_every=1", "registry.pending_grace_s=0",
              "registry.max_retries=2", "registry.backoff_s=0.2"]
 JOURNAL = "data/demos.partial"

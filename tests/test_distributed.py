@@ -288,6 +288,45 @@ def test_zero_checkpoint_resumes_to_the_same_result(runs, tiny_project, tmp_path
     assert kept == ["step-000002", "step-000003"]
 
 
+class _Evil:
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))  # unpickling it would create the marker file
+
+
+def test_a_crafted_deepspeed_checkpoint_file_is_refused_without_running_it(runs, tmp_path):
+    """DeepSpeed reads its checkpoint files with torch.load(weights_only=False): a pickle planted on the
+    checkpoint volume (with a forged manifest: whoever writes the volume can write that too) would run code on
+    resume (issue 27). Our reader takes plain tensors and DeepSpeed's few data classes only."""
+    import json
+
+    from bridgerl.train import checkpoint
+    from bridgerl.train.engines import DS_MARKER
+
+    root = shutil.copytree(runs["zero2"], tmp_path / "zero2")
+    ckpts = root / "checkpoints" / "train"
+    tag = ckpts / (ckpts / "latest").read_text().strip()
+    marker = tmp_path / "pwned"
+    (victim,) = tag.glob("mp_rank_00_model_states.pt")
+    state = torch.load(victim, weights_only=False)
+    torch.save({**state, "payload": _Evil(marker)}, victim)
+    meta = json.loads((tag / DS_MARKER).read_text())
+    checkpoint.write_manifest(tag, meta["resume_key"], meta["step"], name=DS_MARKER, world_size=meta["world_size"],
+                              strategy=meta["strategy"])
+    assert not marker.exists()
+    from conftest import FAST, REPO, path_overrides
+
+    args = [a for o in FAST + path_overrides(root) + COMMON + ["train.steps=4", "train.distributed.strategy=zero2"]
+            for a in ("-S", o)]
+    p = run_cli("train", "-P", str(REPO / "params.yaml"), *args, "--nproc", "2", "--resume",
+                env={"OMP_NUM_THREADS": "1"}, check=False, timeout=900)
+    assert not marker.exists(), "resuming unpickled the planted payload: it ran code"
+    assert p.returncode != 0, p.stderr[-3000:]
+    assert f"{victim}: cannot be loaded as plain tensors" in p.stderr, p.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_mixed_loss_with_minibatches_under_zero2_matches_single_process(tiny_project, tmp_path):
     """A baseline (RL + SFT in one loss) with 2 mini-batches per rollout batch: the shards follow them."""

@@ -84,7 +84,7 @@ def safe_load(path: str | Path, **kw) -> dict:
     """`torch.load(weights_only=True)`: plain tensors and containers only; anything else (a pickle that
     would import or call code) is a CheckpointError naming the file, and nothing of it runs."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, **kw)
+        return torch.load(path, **{"map_location": "cpu", **kw}, weights_only=True)
     except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
         first = str(e).strip().splitlines()
         why = next((ln.strip() for ln in first if "Unsupported global" in ln), first[0] if first else type(e).__name__)

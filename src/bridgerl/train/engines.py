@@ -13,7 +13,10 @@ weights and optimizer, gathering weights (export, the KL reference snapshot) and
   the frozen reference is ZeRO-3-partitioned when the policy is; checkpoints go through DeepSpeed's
   `save_checkpoint` / `load_checkpoint` (+ the trainer state as client state, one RNG file per rank);
   rank 0 writes `bridgerl_checkpoint.json` last (the sha256 of every file) and on resume verifies the
-  tags newest first, falling back to the newest intact one; export gathers the full weights on rank 0.
+  tags newest first, falling back to the newest intact one; DeepSpeed's reader is replaced by one with
+  `weights_only=True` (its own unpickles anything: code execution for whoever can write the checkpoint
+  volume), allowing only the few DeepSpeed data classes its state holds; export gathers the full
+  weights on rank 0.
 
 Gradient clipping (`train.max_grad_norm`) is the same on both: the global norm over all trained
 parameters (θ, θ̂ and w together), DeepSpeed's `gradient_clipping` (docs/distributed.md says why).
@@ -34,6 +37,21 @@ from bridgerl.train import checkpoint
 from bridgerl.train.methods import METHODS
 from bridgerl.train.models import Models, build_models
 from bridgerl.train.parallel import ProcEnv, barrier
+
+
+def _ds_safe_globals() -> list:
+    """The classes (not functions) DeepSpeed's ZeRO checkpoint files hold besides tensors and containers."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def _weights_only_load(path: str, map_location=None):
+    """DeepSpeed's checkpoint reader with `weights_only=True`; anything else is a CheckpointError naming the file."""
+    with torch.serialization.safe_globals(_ds_safe_globals()):
+        return checkpoint.safe_load(path, **({} if map_location is None else {"map_location": map_location}))
 
 
 def _param_dict(module: nn.Module) -> dict[str, nn.Parameter]:
@@ -312,6 +330,7 @@ class DeepSpeedEngine(TorchEngine):
 
     def load(self, ckpt_dir: str | Path, key: str) -> tuple[dict, dict | None] | None:
         """All ranks: resume from DeepSpeed's `latest` checkpoint; returns (trainer state, this rank's RNG)."""
+        self.ds.checkpoint_engine.load = _weights_only_load  # this engine's reads only
         root = Path(ckpt_dir)
         if not (root / "latest").exists():
             return None
