@@ -146,6 +146,56 @@ def test_bridge_update_equals_formulas(tiny_project, seed, temperature):
     assert any(gs.abs().max() > 1e-6 for gs in g_w_shadow)
 
 
+@pytest.mark.parametrize("seed,temperature", [(0, 1.0), (3, 0.7)])
+def test_single_level_update_equals_formulas(tiny_project, seed, temperature):
+    """float64: the upper-level ablation (bridge_single_level) moves θ and w by the lower level's gradient
+    alone, θ' = θ + α∇θ L, w' = w + β∇w L with L = (1−λ)J_SFT(θ,w) + λJ_RL(θ,w), and builds no shadow."""
+    from bridgerl.model.loading import load_model
+
+    rng = random.Random(seed)
+    lam, alpha, beta = rng.uniform(0.05, 0.95), rng.uniform(1e-3, 1e-1), rng.uniform(1e-3, 1e-1)
+    cfg = make_cfg(tiny_project, "train.method=bridge_single_level", "train.optimizer=sgd",
+                   "train.max_grad_norm=null", f"train.lr_theta={alpha}", f"train.lr_w={beta}",
+                   "train.grpo.kl_coef=0.05", "train.lora.dropout=0.0", f"train.grpo.temperature={temperature}")
+    torch.manual_seed(seed)
+    base = load_model(str(tiny_project / "models" / "base"), dtype=torch.float64)
+    m = build_models(cfg, base)
+    assert m.shadow is None and m.lora and all(p.requires_grad for p in m.lora)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # w ≠ 0 so that θ's gradient depends on it and w's on θ
+        for p in m.lora:
+            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    rl, sft = _random_batches(base.config.vocab_size, gen)
+    T = temperature
+    with torch.no_grad():
+        pol_logp = token_logprobs(m.policy, rl.input_ids, rl.attention_mask, temperature=T)[0]
+        rl.extras["old_logp"] = pol_logp + 0.3 * torch.randn(pol_logp.shape, generator=gen, dtype=pol_logp.dtype)
+        rl.extras["ref_logp"] = token_logprobs(m.ref, rl.input_ids, rl.attention_mask, temperature=T)[0]
+    rl.extras["advantages"] = torch.randn(len(rl), generator=gen, dtype=torch.float64)
+    g = cfg.train.grpo
+
+    def j_rl(model):
+        logits = model(input_ids=rl.input_ids, attention_mask=rl.attention_mask).logits[:, :-1] / T
+        logp = torch.log_softmax(logits, -1).gather(-1, rl.input_ids[:, 1:, None]).squeeze(-1)
+        return -grpo_loss(logp, rl.extras["old_logp"], rl.extras["advantages"], rl.mask, g.clip_eps,
+                          g.clip_eps_high, rl.extras["ref_logp"], g.kl_coef, g.loss_agg).loss
+
+    m.policy.eval()
+    lower = (1 - lam) * sft_objective(token_logprobs(m.policy, sft.input_ids, sft.attention_mask)[0], sft.mask) \
+        + lam * j_rl(m.policy)
+    g_theta = torch.autograd.grad(lower, m.theta, retain_graph=True)
+    g_w = torch.autograd.grad(lower, m.lora)
+    expect_theta = [p.detach() + alpha * gr for p, gr in zip(m.theta, g_theta)]
+    expect_w = [p.detach() + beta * gr for p, gr in zip(m.lora, g_w)]
+
+    opt = torch.optim.SGD([g for g in m.param_groups(cfg) if g["params"]], lr=alpha)
+    stats = bridge_update(Ctx(m, TorchEngine(cfg, m, opt, ProcEnv()), cfg), rl, sft, lam)
+    for got, exp in ((m.theta, expect_theta), (m.lora, expect_w)):
+        for p, e in zip(got, exp):
+            torch.testing.assert_close(p.detach(), e, rtol=1e-10, atol=1e-12)
+    assert any(gr.abs().max() > 1e-6 for gr in g_w) and "coop_gain" not in stats
+
+
 # ------------------------------------------------------------------------------------------------
 # every method: finite losses, exactly the right parameters move
 # ------------------------------------------------------------------------------------------------
@@ -163,7 +213,7 @@ def _changed(before, params):
 
 
 METHOD_STEPS = {"sft": 3, "rl_zero": 3, "cold_start": 2, "alternating": 2, "mixed": 2, "bridge": 3,
-                "bridge_frozen_w": 2}
+                "bridge_frozen_w": 2, "bridge_single_level": 2}
 
 
 @pytest.mark.parametrize("method", list(METHOD_STEPS))
@@ -191,6 +241,8 @@ def test_method_moves_the_right_parameters(tiny_project, method):
         assert math.isfinite(metrics["coop_gain"]) and metrics["lambda"] == cfg.train.bridge.lam
     elif method == "bridge_frozen_w":
         assert m.shadow is None and not any(_changed(w0, m.lora)), "the ablation must leave w untouched"
+    elif method == "bridge_single_level":
+        assert m.shadow is None and all(_changed(w0, m.lora)) and "coop_gain" not in metrics
     else:
         assert m.shadow is None and not m.lora, f"{method} must have no LoRA and no shadow"
 

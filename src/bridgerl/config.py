@@ -337,7 +337,7 @@ class RolloutConfig(_Section):
 
 class TrainConfig(_Section):
     method: Method = Field(
-        "bridge", description="bridge or a baseline: sft, rl_zero, cold_start, alternating, mixed, bridge_frozen_w")
+        "bridge", description="bridge or a baseline: " + ", ".join(n for n in METHOD_NAMES if n != "bridge"))
     steps: int = Field(60, ge=1, description="iterations (RL steps for cold_start; SFT steps for sft)")
     epochs: int | None = Field(None, ge=1, description="if set, overrides steps: passes over the RL prompts")
     prompt_batch: int = Field(8, ge=1, description="RL prompts per step (each sampled group_size times)")

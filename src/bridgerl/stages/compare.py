@@ -32,9 +32,9 @@ from bridgerl.train.methods import METHOD_NAMES, METHODS
 
 DEFAULT_SEEDS = [0, 1, 2, 3, 4]
 # the questions the report answers: BRIDGE against each of these, paired by seed (the three, and
-# alternating, the strongest baseline on the headroom task)
+# alternating, the strongest baseline on the headroom task; bridge_single_level: the upper level's own worth)
 KEY_COMPARISONS = [("bridge", "cold_start"), ("bridge", "bridge_frozen_w"), ("bridge", "mixed"),
-                   ("bridge", "alternating")]
+                   ("bridge", "alternating"), ("bridge", "bridge_single_level")]
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,10 @@ phase first; whether the SFT batch follows the RL mini-batches) and which update
 applies (a name in `bridgerl.train.updates.UPDATES`, where the rules live). The configuration's allowed
 values, model building, the trainer's dispatch, sharding, `bridgerl compare` and the compare pipeline
 all read this table. It imports nothing heavy (config.py reads it).
+
+The two ablations of BRIDGE's upper level: `bridge_frozen_w` (w never trains: does training w help?) and
+`bridge_single_level` (w trains at the same β, by ∇w of the lower level's −[(1−λ)J_SFT(θ,w) + λJ_RL(θ,w)],
+with no shadow θ̂: does maximizing the cooperative gain help, or only an adapter with its own rate?).
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ _TABLE = (
            lora=True, shadow=True, trains_w=True, sft_in_minibatches=True, color="#d62728"),
     Method("bridge_frozen_w", "BRIDGE without the upper level (w frozen, no shadow)", "bridge", rl=True, sft=True,
            lora=True, sft_in_minibatches=True, color="#e377c2"),
+    Method("bridge_single_level", "BRIDGE's θ and w both trained by the lower-level objective (no shadow, no "
+           "cooperative term)", "bridge", rl=True, sft=True, lora=True, trains_w=True, sft_in_minibatches=True,
+           color="#17becf"),
 )
 
 METHODS: dict[str, Method] = {m.name: m for m in _TABLE}

@@ -237,7 +237,8 @@ def bridge_backward(ctx: Ctx, rl: SeqBatch, sft: SeqBatch, lam: float, old_logp:
     """Accumulate the BRIDGE gradients (descent form, module docstring) into .grad of θ, θ̂ and w, one
     backward per micro-batch: −(1−λ)J_SFT(θ,w) per SFT micro-batch, then per RL micro-batch λ(−J_RL(θ,w))
     and −J_RL(θ̂,w) (w's gradient of the latter scaled by −λ). Without the upper level (a method with no
-    shadow: bridge_frozen_w) the shadow term is skipped."""
+    shadow: bridge_frozen_w, bridge_single_level) the shadow term is skipped: w, if it trains, descends the
+    lower level's objective with θ."""
     m, cfg = ctx.models, ctx.cfg
     st = _Stats()
     for mic in _micro(ctx, sft, rl=False):
