@@ -88,22 +88,24 @@ def _random_batches(tok_vocab: int, gen: torch.Generator):
     return rl, sft
 
 
-@pytest.mark.parametrize("seed,temperature", [(0, 1.0), (1, 0.7), (2, 1.3)])
-def test_bridge_update_equals_formulas(tiny_project, seed, temperature):
-    """float64: θ, θ̂ and w after one BRIDGE update equal the spec's three formulas, with the RL terms
-    of softmax(logits / T) at the sampling temperature T."""
+def _float64_update_case(tiny_project, method: str, seed: int, temperature: float):
+    """One update's inputs in float64 for `method`: random λ, α, β; θ̂ ≠ θ (if it has a shadow) and w ≠ 0
+    so that every term of the formulas matters; random RL and SFT batches with behaviour log-probs off
+    the policy's, the reference's and random advantages; and the objectives J_RL, J_SFT written out (log
+    softmax(logits / T) at the sampling temperature T). Returns (cfg, models, rl, sft, lam, alpha, beta,
+    j_rl, j_sft)."""
     from bridgerl.model.loading import load_model
 
     rng = random.Random(seed)
     lam, alpha, beta = rng.uniform(0.05, 0.95), rng.uniform(1e-3, 1e-1), rng.uniform(1e-3, 1e-1)
-    cfg = make_cfg(tiny_project, "train.method=bridge", "train.optimizer=sgd", "train.max_grad_norm=null",
+    cfg = make_cfg(tiny_project, f"train.method={method}", "train.optimizer=sgd", "train.max_grad_norm=null",
                    f"train.lr_theta={alpha}", f"train.lr_w={beta}", "train.grpo.kl_coef=0.05",
                    "train.lora.dropout=0.0", f"train.grpo.temperature={temperature}")
     torch.manual_seed(seed)
     base = load_model(str(tiny_project / "models" / "base"), dtype=torch.float64)
     m = build_models(cfg, base)
     gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # make θ̂ ≠ θ and w ≠ 0 so every term of the formulas matters
+    with torch.no_grad():
         for p in m.shadow_theta:
             p.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
         for p in m.lora:
@@ -126,6 +128,25 @@ def test_bridge_update_equals_formulas(tiny_project, seed, temperature):
     def j_sft(model):
         return sft_objective(token_logprobs(model, sft.input_ids, sft.attention_mask)[0], sft.mask)
 
+    return cfg, m, rl, sft, lam, alpha, beta, j_rl, j_sft
+
+
+def _sgd_update_matches(cfg, m, rl, sft, lam, alpha, expected) -> dict:
+    """One bridge_update under SGD (the group rates α, β from cfg); each (params, expected) pair equal in
+    float64. Returns the update's stats."""
+    opt = torch.optim.SGD([g for g in m.param_groups(cfg) if g["params"]], lr=alpha)
+    stats = bridge_update(Ctx(m, TorchEngine(cfg, m, opt, ProcEnv()), cfg), rl, sft, lam)
+    for got, exp in expected:
+        for p, e in zip(got, exp):
+            torch.testing.assert_close(p.detach(), e, rtol=1e-10, atol=1e-12)
+    return stats
+
+
+@pytest.mark.parametrize("seed,temperature", [(0, 1.0), (1, 0.7), (2, 1.3)])
+def test_bridge_update_equals_formulas(tiny_project, seed, temperature):
+    """float64: θ, θ̂ and w after one BRIDGE update equal the spec's three formulas, with the RL terms
+    of softmax(logits / T) at the sampling temperature T."""
+    cfg, m, rl, sft, lam, alpha, beta, j_rl, j_sft = _float64_update_case(tiny_project, "bridge", seed, temperature)
     m.policy.eval(), m.shadow.eval()
     lower = (1 - lam) * j_sft(m.policy) + lam * j_rl(m.policy)
     g_theta = torch.autograd.grad(lower, m.theta, retain_graph=True)
@@ -136,12 +157,8 @@ def test_bridge_update_equals_formulas(tiny_project, seed, temperature):
     expect_theta = [p.detach() + alpha * gr for p, gr in zip(m.theta, g_theta)]
     expect_shadow = [p.detach() + alpha * gr for p, gr in zip(m.shadow_theta, g_shadow)]
     expect_w = [p.detach() + beta * (a - lam * b) for p, a, b in zip(m.lora, g_w_lower, g_w_shadow)]
-
-    opt = torch.optim.SGD([g for g in m.param_groups(cfg) if g["params"]], lr=alpha)
-    bridge_update(Ctx(m, TorchEngine(cfg, m, opt, ProcEnv()), cfg), rl, sft, lam)
-    for got, exp in ((m.theta, expect_theta), (m.shadow_theta, expect_shadow), (m.lora, expect_w)):
-        for p, e in zip(got, exp):
-            torch.testing.assert_close(p.detach(), e, rtol=1e-10, atol=1e-12)
+    _sgd_update_matches(cfg, m, rl, sft, lam, alpha,
+                        ((m.theta, expect_theta), (m.shadow_theta, expect_shadow), (m.lora, expect_w)))
     # and the update was not trivial: w moved by the cooperative term
     assert any(gs.abs().max() > 1e-6 for gs in g_w_shadow)
 
@@ -150,49 +167,16 @@ def test_bridge_update_equals_formulas(tiny_project, seed, temperature):
 def test_single_level_update_equals_formulas(tiny_project, seed, temperature):
     """float64: the upper-level ablation (bridge_single_level) moves θ and w by the lower level's gradient
     alone, θ' = θ + α∇θ L, w' = w + β∇w L with L = (1−λ)J_SFT(θ,w) + λJ_RL(θ,w), and builds no shadow."""
-    from bridgerl.model.loading import load_model
-
-    rng = random.Random(seed)
-    lam, alpha, beta = rng.uniform(0.05, 0.95), rng.uniform(1e-3, 1e-1), rng.uniform(1e-3, 1e-1)
-    cfg = make_cfg(tiny_project, "train.method=bridge_single_level", "train.optimizer=sgd",
-                   "train.max_grad_norm=null", f"train.lr_theta={alpha}", f"train.lr_w={beta}",
-                   "train.grpo.kl_coef=0.05", "train.lora.dropout=0.0", f"train.grpo.temperature={temperature}")
-    torch.manual_seed(seed)
-    base = load_model(str(tiny_project / "models" / "base"), dtype=torch.float64)
-    m = build_models(cfg, base)
+    cfg, m, rl, sft, lam, alpha, beta, j_rl, j_sft = _float64_update_case(
+        tiny_project, "bridge_single_level", seed, temperature)
     assert m.shadow is None and m.lora and all(p.requires_grad for p in m.lora)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # w ≠ 0 so that θ's gradient depends on it and w's on θ
-        for p in m.lora:
-            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    rl, sft = _random_batches(base.config.vocab_size, gen)
-    T = temperature
-    with torch.no_grad():
-        pol_logp = token_logprobs(m.policy, rl.input_ids, rl.attention_mask, temperature=T)[0]
-        rl.extras["old_logp"] = pol_logp + 0.3 * torch.randn(pol_logp.shape, generator=gen, dtype=pol_logp.dtype)
-        rl.extras["ref_logp"] = token_logprobs(m.ref, rl.input_ids, rl.attention_mask, temperature=T)[0]
-    rl.extras["advantages"] = torch.randn(len(rl), generator=gen, dtype=torch.float64)
-    g = cfg.train.grpo
-
-    def j_rl(model):
-        logits = model(input_ids=rl.input_ids, attention_mask=rl.attention_mask).logits[:, :-1] / T
-        logp = torch.log_softmax(logits, -1).gather(-1, rl.input_ids[:, 1:, None]).squeeze(-1)
-        return -grpo_loss(logp, rl.extras["old_logp"], rl.extras["advantages"], rl.mask, g.clip_eps,
-                          g.clip_eps_high, rl.extras["ref_logp"], g.kl_coef, g.loss_agg).loss
-
     m.policy.eval()
-    lower = (1 - lam) * sft_objective(token_logprobs(m.policy, sft.input_ids, sft.attention_mask)[0], sft.mask) \
-        + lam * j_rl(m.policy)
+    lower = (1 - lam) * j_sft(m.policy) + lam * j_rl(m.policy)
     g_theta = torch.autograd.grad(lower, m.theta, retain_graph=True)
     g_w = torch.autograd.grad(lower, m.lora)
     expect_theta = [p.detach() + alpha * gr for p, gr in zip(m.theta, g_theta)]
     expect_w = [p.detach() + beta * gr for p, gr in zip(m.lora, g_w)]
-
-    opt = torch.optim.SGD([g for g in m.param_groups(cfg) if g["params"]], lr=alpha)
-    stats = bridge_update(Ctx(m, TorchEngine(cfg, m, opt, ProcEnv()), cfg), rl, sft, lam)
-    for got, exp in ((m.theta, expect_theta), (m.lora, expect_w)):
-        for p, e in zip(got, exp):
-            torch.testing.assert_close(p.detach(), e, rtol=1e-10, atol=1e-12)
+    stats = _sgd_update_matches(cfg, m, rl, sft, lam, alpha, ((m.theta, expect_theta), (m.lora, expect_w)))
     assert any(gr.abs().max() > 1e-6 for gr in g_w) and "coop_gain" not in stats
 
 
