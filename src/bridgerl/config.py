@@ -735,6 +735,21 @@ def resolve_preset(name: str) -> Path:
     raise ConfigError(f"preset = {name!r}: no such preset (known: {', '.join(known)})")
 
 
+def read_preset(name: str, _seen: tuple[Path, ...] = ()) -> dict:
+    """A preset's values; `extends: OTHER` (a preset name or path) layers the file over OTHER's values, so a
+    variant states only what it changes."""
+    path = resolve_preset(name)
+    data = read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    chain = (*_seen, path.resolve())
+    if resolve_preset(str(parent)).resolve() in chain:
+        raise ConfigError(f"{path}: extends = {parent!r}: a preset cannot extend itself (chain: "
+                          f"{' -> '.join(p.name for p in chain)} -> {parent})")
+    return deep_merge(read_preset(str(parent), chain), data)
+
+
 def _get(d: Any, path: list[str]) -> Any:
     for part in path:
         if not isinstance(d, dict) or part not in d:
@@ -792,7 +807,7 @@ def load_config(params: str | Path | None = "params.yaml", overrides: list[str] 
             preset = value
     preset = preset or raw.get("preset")
     if preset:
-        merged = deep_merge(raw, read_yaml(resolve_preset(str(preset))))
+        merged = deep_merge(raw, read_preset(str(preset)))
         for path in user_written(raw):  # what the user wrote wins over the preset
             apply_override(merged, path, copy.deepcopy(_get(raw, path)))
         raw = merged

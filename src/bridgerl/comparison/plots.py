@@ -42,7 +42,16 @@ def write_all(results: dict, stats: dict, out: Path) -> None:
     n_seeds = max(len(r["seeds"]) for r in results.values())
     sweep_index = {label: i for i, label in enumerate(k for k, r in results.items() if r["overrides"])}
     arms = stats["arms"]
-    # held-out accuracy vs iteration
+    if any(arms[label]["curve"]["step"] for label in results):
+        _heldout(results, arms, out, n_seeds, sweep_index, plt)
+    else:  # held-out accuracy was not measured during training (train.eval_every = 0): no empty figures
+        for name in ("heldout_vs_step.png", "heldout_vs_cost.png"):
+            (out / name).unlink(missing_ok=True)
+    _coop(results, arms, out, n_seeds, sweep_index, plt)
+
+
+def _heldout(results: dict, arms: dict, out: Path, n_seeds: int, sweep_index: dict, plt) -> None:
+    """Held-out accuracy against iterations and against each cost axis."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for label, r in results.items():
         c = arms[label]["curve"]
@@ -56,7 +65,6 @@ def write_all(results: dict, stats: dict, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "heldout_vs_step.png", dpi=110)
     plt.close(fig)
-    # held-out accuracy vs each cost axis
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     for ax, (key, xlabel) in zip(axes.flat, AXES.items()):
         for label, r in results.items():
@@ -71,7 +79,10 @@ def write_all(results: dict, stats: dict, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "heldout_vs_cost.png", dpi=100)
     plt.close(fig)
-    # cooperative gain
+
+
+def _coop(results: dict, arms: dict, out: Path, n_seeds: int, sweep_index: dict, plt) -> None:
+    """BRIDGE's cooperative gain per iteration (arms with a shadow θ̂ only)."""
     gains = {label: arms[label]["coop_gain"] for label in results if arms[label]["coop_gain"]}
     if gains:
         fig, ax = plt.subplots(figsize=(7.5, 4.2))

@@ -98,7 +98,12 @@ def render(cfg: Config, results: dict, stats: dict, meta: dict) -> str:
           "through a forward+backward pass (BRIDGE's shadow pass counts); optimizer steps: parameter updates. "
           "How each is counted: `bridgerl.comparison.costs`."]
     tt = stats.get("time_to_target") or {}
-    if tt:
+    curves = any(arms[label]["curve"]["step"] for label in results)
+    if not curves:
+        L += ["", "Held-out accuracy was not measured during training (`train.eval_every = 0`: the budget went to "
+              "seeds), so there are no held-out curves and no cost-to-reach table; each run's accuracy is its final "
+              "evaluation above."]
+    if tt and curves:
         L += ["", f"## Cost to reach {tt['target']}", "",
               "Median over the seeds that reach it (how many of them do, if not all); — : no seed within the budget.",
               "", "| method | " + " | ".join(AXES.values()) + " |", "|---|" + "---|" * len(AXES)]
@@ -125,11 +130,13 @@ def render(cfg: Config, results: dict, stats: dict, meta: dict) -> str:
         L += ["", "![cooperative gain](coop_gain.png)"]
     else:
         L += ["No arm with a shadow θ̂ ran, so the gain is not defined here."]
+    L += chat_section(results, stats, meta)
     runs = [run["run"] for r in results.values() for run in r["runs"] if run.get("run")]
     backends = sorted({run["rollout_backend"] for r in results.values() for run in r["runs"] if run.get("rollout_backend")})
-    L += ["", "## Curves", "", "![held-out accuracy vs iteration](heldout_vs_step.png)", "",
-          "![held-out accuracy vs cost](heldout_vs_cost.png)", "",
-          "## Machine", "",
+    if curves:
+        L += ["", "## Curves", "", "![held-out accuracy vs iteration](heldout_vs_step.png)", "",
+              "![held-out accuracy vs cost](heldout_vs_cost.png)"]
+    L += ["", "## Machine", "",
           f"{meta.get('cpus')} CPUs; load average (1, 5, 15 min) {meta.get('load_avg_start')} at the start, "
           f"{meta.get('load_avg_end')} at the end of the last invocation that trained runs, "
           f"which took {meta.get('wall_s', 0) / 60:.1f} min (runs finished before it are reused). The {len(runs)} runs took "
@@ -138,6 +145,56 @@ def render(cfg: Config, results: dict, stats: dict, meta: dict) -> str:
           "runs/*/run.json)." + (f" Rollouts generated with {' and '.join(backends)} (train.rollout.backend)."
                                  if backends else ""), ""]
     return "\n".join(L)
+
+
+def _sci(iv: dict | None) -> str:
+    if not iv or iv.get("mean") is None:
+        return "—"
+    if iv.get("lo") is None:
+        return f"{iv['mean']:.2g}"
+    return f"{iv['mean']:.2g} [{max(iv['lo'], 0.0):.2g}, {iv['hi']:.2g}]"
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    t = " ".join(text.split()).replace("|", "\\|")
+    return t if len(t) <= limit else t[: limit - 1] + "…"
+
+
+def chat_section(results: dict, stats: dict, meta: dict) -> list[str]:
+    """Plain chat kept: KL to the base model on fixed chat prompts, answers unchanged, the first seed's answers."""
+    from bridgerl.comparison.chat import MAX_NEW_TOKENS
+
+    base = meta.get("base_chat")
+    have = [label for label, r in results.items() if any(run.get("chat") for run in r["runs"])]
+    if not base or not have:
+        return []
+    arms = stats["arms"]
+    L = ["", "## Plain chat kept", "",
+         f"{len(base['prompts'])} fixed chat prompts (`bridgerl.comparison.chat.PROMPTS`), asked through the chat "
+         f"template, greedy, ≤ {MAX_NEW_TOKENS} tokens. *Chat KL to base*: KL(trained ‖ base) per answer token along "
+         "the trained model's own answers, exact over the vocabulary (0: the base model's chat untouched); "
+         "*answers as the base's*: answers identical to the base model's, over seeds × prompts; *training KL at the "
+         "end*: the last iteration's k3 estimate to the method's reference model on its math rollouts. Mean over "
+         "seeds [95% interval].", "",
+         "| method | chat KL to base | answers as the base's | training KL at the end |", "|---|---|---|---|"]
+    for label in have:
+        same = total = 0
+        for run in results[label]["runs"]:
+            if run.get("chat"):
+                same += sum(a == b for a, b in zip(run["chat"]["responses"], base["responses"]))
+                total += len(base["responses"])
+        L.append(f"| {label} | {_sci(arms[label]['chat_kl'])} | {same}/{total} | {_sci(arms[label]['kl_end'])} |")
+    seed = results[have[0]]["seeds"][0]
+    L += ["", f"Answers of seed {seed}:", ""]
+    for i, prompt in enumerate(base["prompts"]):
+        L += [f"*{prompt}*", "", "| model | answer |", "|---|---|", f"| base | {_one_line(base['responses'][i])} |"]
+        for label in have:
+            r = results[label]
+            run = r["runs"][r["seeds"].index(seed)] if seed in r["seeds"] else None
+            if run and run.get("chat"):
+                L.append(f"| {label} | {_one_line(run['chat']['responses'][i])} |")
+        L.append("")
+    return L[:-1]
 
 
 def write(cfg: Config, results: dict, stats: dict, meta: dict, out: Path) -> None:

@@ -27,13 +27,20 @@ def _avg_acc(run: dict) -> float:
 
 
 def pairs_for(results: dict) -> list[tuple[str, str]]:
-    """BRIDGE against cold-start, the frozen-w ablation and mixed; each sweep arm against its method."""
+    """BRIDGE against the key baselines (KEY_COMPARISONS); each sweep arm against its method; and a key
+    comparison between two sweep arms with the same overrides (e.g. BRIDGE and its single-level ablation, both
+    at lr_w = 1e-4)."""
     from bridgerl.stages.compare import KEY_COMPARISONS
 
     out = [(a, b) for a, b in KEY_COMPARISONS if a in results and b in results]
     for label, r in results.items():
         if r["overrides"] and r["method"] in results:
             out.append((label, r["method"]))
+    for label, r in results.items():  # a key comparison again where both methods ran with the same overrides
+        for a, b in KEY_COMPARISONS:
+            if r["overrides"] and r["method"] == a:
+                out += [(label, other) for other, x in results.items()
+                        if x["method"] == b and x["overrides"] == r["overrides"]]
     return out
 
 
@@ -51,6 +58,9 @@ def summarize(results: dict, benchmarks: list[str]) -> dict:
             "state_memory_mb": statistics.fmean(run["state_memory_mb"] for run in runs),
             "curve": _curve_band(runs),
             "coop_gain": _coop_band(runs),
+            # plain chat kept: KL(trained ‖ base) on the fixed chat prompts; the training KL at the last iteration
+            "chat_kl": _iv(stats.mean_ci([run["chat"]["kl_to_base"] for run in runs if run.get("chat")])),
+            "kl_end": _iv(stats.mean_ci([run.get("kl_end") for run in runs])),
         }
     comparisons = [c.to_dict() for c in stats.compare_all(per_seed, pairs_for(results))]
     for c in comparisons:

@@ -179,6 +179,7 @@ def _cpu_s() -> float:
 def _one_run(rc: Config, progress: bool) -> bool:
     """Train and evaluate one (arm, seed), unless OUT/runs/... already holds it for this configuration
     (then False)."""
+    from bridgerl.comparison import chat
     from bridgerl.stages import evaluate, train
 
     run_dir = Path(rc.train.metrics_file).parent
@@ -189,6 +190,7 @@ def _one_run(rc: Config, progress: bool) -> bool:
     t0, cpu0, load0 = time.perf_counter(), _cpu_s(), _load_avg()
     train.run(rc, progress=progress)
     evaluate.run(rc, progress=progress)
+    write_json(run_dir / "chat.json", chat.probe(rc.train.out_dir, rc.model.out_dir))  # plain chat kept
     shutil.rmtree(rc.train.out_dir, ignore_errors=True)
     shutil.rmtree(rc.train.checkpoint_dir, ignore_errors=True)
     shutil.rmtree(rc.eval.out_dir, ignore_errors=True)
@@ -205,6 +207,8 @@ def _collect(rc: Config, arm: Arm, tm) -> dict:
     run_dir = Path(rc.train.metrics_file).parent
     final, ev, run = read_json(run_dir / "train.json"), read_json(run_dir / "eval.json"), read_json(run_dir / "run.json")
     rows = list(csv.DictReader(open(rc.train.plots_file)))
+    kl = [float(r["kl"]) for r in rows if r.get("kl") not in ("", None)]
+    chat = run_dir / "chat.json"
     cum = costs.cumulative(rc, arm.method, rows, tm)
     curve = [{**c, "heldout_accuracy": float(r["heldout_accuracy"])}
              for r, c in zip(rows, cum) if r.get("heldout_accuracy") not in ("", None)]
@@ -212,7 +216,8 @@ def _collect(rc: Config, arm: Arm, tm) -> dict:
     return {"accuracy": {b: m["accuracy"] for b, m in ev["benchmarks"].items()},
             "wall_time_s": final["wall_time_s"], "peak_memory_mb": final["peak_memory_mb"],
             "state_memory_mb": final["state_memory_mb"], "rollout_backend": final.get("rollout_backend"),
-            "curve": curve, "coop_gain": coop,
+            "curve": curve, "coop_gain": coop, "kl_end": kl[-1] if kl else None,
+            "chat": read_json(chat) if chat.exists() else None,
             "totals": {k: cum[-1][k] for k in costs.AXES} if cum else {}, "run": run}
 
 
@@ -318,6 +323,11 @@ def run(cfg: Config, methods: list[str] | None = None, seeds: list[int] | None =
         b.eval.out_dir, b.eval.metrics_file = str(out / "inputs" / "base_eval"), str(base_file)
         evaluate.run(b, model_dir=b.model.out_dir, progress=progress)
     base_acc = {k: v["accuracy"] for k, v in read_json(base_file)["benchmarks"].items()}
+    base_chat = out / "inputs" / "base_chat.json"
+    if not base_chat.exists():  # the base model's answers to the fixed chat prompts
+        from bridgerl.comparison import chat
+
+        write_json(base_chat, chat.answers(icfg.model.out_dir))
     tm = costs.token_means(icfg)
     todo = [(arm, seed, _run_cfg(icfg, arm, seed, out / "runs" / f"{arm.slug}-s{seed}"))
             for seed in seeds for arm in arms]  # seed-major: an interrupted comparison has whole seeds
@@ -332,7 +342,8 @@ def run(cfg: Config, methods: list[str] | None = None, seeds: list[int] | None =
         r = results.setdefault(arm.label, {"method": arm.method, "overrides": arm.overrides, "seeds": [], "runs": []})
         r["seeds"].append(seed)
         r["runs"].append(_collect(rc, arm, tm))
-    meta = {"seeds": seeds, "base_accuracy": base_acc, "token_means": vars(tm), "wall_s": round(time.perf_counter() - t0),
+    meta = {"seeds": seeds, "base_accuracy": base_acc, "base_chat": read_json(base_chat), "token_means": vars(tm),
+            "wall_s": round(time.perf_counter() - t0),
             "load_avg_start": load0, "load_avg_end": _load_avg(), "cpus": os.cpu_count(),
             "preset": cfg.preset, "methods": methods, "sweeps": [list(x) for x in sweeps or []]}
     earlier = out / "results.json"
