@@ -44,7 +44,7 @@ if _WORKER:
 # Files that run longest go first, so that neither worker is left with a long file at the end (the rest keep
 # pytest's order). Measured with `python -m pytest --durations=0` (README, Tests).
 SLOW_FIRST = [
-    "test_real_model.py", "test_containers.py", "test_compare.py", "test_fault_campaign.py",
+    "test_real_model_compare.py", "test_real_model.py", "test_containers.py", "test_compare.py", "test_fault_campaign.py",
     "test_dvc_pipeline.py", "test_kfp_pipeline.py", "test_distributed.py", "test_rollout_training.py",
     "test_reward_terms.py",
 ]
