@@ -42,9 +42,12 @@ if _WORKER:
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, _cores[_start:_start + _per])))
 
 # Files that run longest go first, so that neither worker is left with a long file at the end (the rest keep
-# pytest's order). Measured with `python -m pytest --durations=0` (README, Tests).
+# pytest's order). Measured with `python -m pytest --durations=0` (README, Tests). The two real-model files are
+# not first together: test_real_model peaks at ~14 GiB and the comparison test at ~7 GiB (of 24); the container
+# build (little memory, longer than test_real_model) runs beside the first, and its worker is busy when the
+# other worker takes the comparison.
 SLOW_FIRST = [
-    "test_real_model_compare.py", "test_real_model.py", "test_containers.py", "test_compare.py", "test_fault_campaign.py",
+    "test_real_model.py", "test_containers.py", "test_real_model_compare.py", "test_compare.py", "test_fault_campaign.py",
     "test_dvc_pipeline.py", "test_kfp_pipeline.py", "test_distributed.py", "test_rollout_training.py",
     "test_reward_terms.py",
 ]
