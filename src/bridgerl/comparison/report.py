@@ -32,7 +32,8 @@ def _qty(x: float | None) -> str:
 def setting(cfg: Config, meta: dict) -> str:
     t, g, s = cfg.train, cfg.train.grpo, cfg.data.synthetic
     ops = f"{s.min_ops}" if s.min_ops == s.max_ops else f"{s.min_ops}–{s.max_ops}"
-    task = (f"embedded task: {ops} operations per problem, start ≤ {s.max_start}, operands ≤ {s.max_operand}; "
+    ops += " operation" if ops == "1" else " operations"
+    task = (f"embedded task: {ops} per problem, start ≤ {s.max_start}, operands ≤ {s.max_operand}; "
             if any(x.kind == "embedded" for x in cfg.data.rl_sources) else "")
     return (f"{task}{cfg.demos.max_problems or 'all'} demonstrations; {t.steps} iterations per method "
             f"(cold-start: {t.cold_start_sft_steps} SFT + {t.steps} RL), prompt batch {t.prompt_batch} × "
@@ -86,19 +87,20 @@ def render(cfg: Config, results: dict, stats: dict, meta: dict) -> str:
     else:
         L += ["No paired comparison: the report needs bridge and at least one of cold_start, "
               "bridge_frozen_w, mixed, alternating (or a sweep)."]
+    curves = any(arms[label]["curve"]["step"] for label in results)  # held-out accuracy during training
     L += ["", "## Accuracy and cost per method", "",
-          "| method | " + " | ".join(f"{b} (%)" for b in benches) + " | final held-out (%) | "
-          + " | ".join(AXES.values()) + " | training-state memory (MB) |",
-          "|---|" + "---|" * (len(benches) + 1 + len(AXES) + 1)]
+          "| method | " + " | ".join(f"{b} (%)" for b in benches) + (" | final held-out (%)" if curves else "")
+          + " | " + " | ".join(AXES.values()) + " | training-state memory (MB) |",
+          "|---|" + "---|" * (len(benches) + curves + len(AXES) + 1)]
     for label in results:
         a = arms[label]
-        L.append(f"| {label} | " + " | ".join(_pct(a["accuracy"][b]) for b in benches) + f" | {_pct(a['final_heldout'])} | "
+        L.append(f"| {label} | " + " | ".join(_pct(a["accuracy"][b]) for b in benches)
+                 + (f" | {_pct(a['final_heldout'])}" if curves else "") + " | "
                  + " | ".join(_qty(a["totals"][ax]) for ax in AXES) + f" | {a['state_memory_mb']:.0f} |")
     L += ["", "Costs are per run, mean over seeds. Generated tokens: rollout tokens sampled; trained tokens: tokens "
           "through a forward+backward pass (BRIDGE's shadow pass counts); optimizer steps: parameter updates. "
           "How each is counted: `bridgerl.comparison.costs`."]
     tt = stats.get("time_to_target") or {}
-    curves = any(arms[label]["curve"]["step"] for label in results)
     if not curves:
         L += ["", "Held-out accuracy was not measured during training (`train.eval_every = 0`: the budget went to "
               "seeds), so there are no held-out curves and no cost-to-reach table; each run's accuracy is its final "
