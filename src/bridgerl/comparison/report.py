@@ -12,12 +12,18 @@ from bridgerl.io import atomic_file
 from bridgerl.train.methods import METHOD_NAMES
 
 
-def _pct(iv: dict | None) -> str:
+def _interval(iv: dict | None, fmt, floor: float | None = None) -> str:
+    """An interval dict as "mean [lo, hi]" (the mean alone without bounds, — without a mean); `floor` clips lo."""
     if not iv or iv.get("mean") is None:
         return "—"
     if iv.get("lo") is None:
-        return f"{100 * iv['mean']:.1f}"
-    return f"{100 * iv['mean']:.1f} [{100 * iv['lo']:.1f}, {100 * iv['hi']:.1f}]"
+        return fmt(iv["mean"])
+    lo = iv["lo"] if floor is None else max(iv["lo"], floor)
+    return f"{fmt(iv['mean'])} [{fmt(lo)}, {fmt(iv['hi'])}]"
+
+
+def _pct(iv: dict | None) -> str:
+    return _interval(iv, lambda x: f"{100 * x:.1f}")
 
 
 def _qty(x: float | None) -> str:
@@ -150,11 +156,8 @@ def render(cfg: Config, results: dict, stats: dict, meta: dict) -> str:
 
 
 def _sci(iv: dict | None) -> str:
-    if not iv or iv.get("mean") is None:
-        return "—"
-    if iv.get("lo") is None:
-        return f"{iv['mean']:.2g}"
-    return f"{iv['mean']:.2g} [{max(iv['lo'], 0.0):.2g}, {iv['hi']:.2g}]"
+    """A KL interval: two significant digits, lower bound clipped at 0 (a KL is never negative)."""
+    return _interval(iv, lambda x: f"{x:.2g}", floor=0.0)
 
 
 def _one_line(text: str, limit: int = 160) -> str:
