@@ -53,10 +53,10 @@ def worker(args) -> dict:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from bridgerl.config import load_config
+    from bridgerl.core.methods import METHODS
     from bridgerl.train.batches import collate, padding_fraction
     from bridgerl.train.engines import TorchEngine
     from bridgerl.train.memory import training_state
-    from bridgerl.train.methods import METHODS
     from bridgerl.train.models import build_models
     from bridgerl.train.parallel import ProcEnv
     from bridgerl.train.updates import UPDATES, Ctx, rl_logprobs

@@ -24,7 +24,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from bridgerl.config import RolloutConfig
-    from bridgerl.prompts import render_prompt
+    from bridgerl.model.prompts import render_prompt
     from bridgerl.rewards import judge
     from bridgerl.rollout import make_engine
 

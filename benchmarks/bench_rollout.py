@@ -52,7 +52,7 @@ def _tiny_model(root: Path, pretrain_steps: int):
 
 def _prompts(cfg, model_dir: str, count: int) -> list[list[int]]:
     from bridgerl.model.loading import load_tokenizer
-    from bridgerl.prompts import render_prompt
+    from bridgerl.model.prompts import render_prompt
 
     tok = load_tokenizer(model_dir)
     rows = [json.loads(line) for line in (Path(cfg.data.out_dir) / "rl_train.jsonl").read_text().splitlines()]

@@ -73,9 +73,9 @@ def with_trl(cfg, trainers: dict, reps: int, fixed: bool) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from bridgerl.io import read_jsonl
+    from bridgerl.core.io import read_jsonl
     from bridgerl.model.loading import load_model, load_tokenizer
-    from bridgerl.prompts import render_prompt
+    from bridgerl.model.prompts import render_prompt
     from bridgerl.rewards import is_correct
 
     t, g = cfg.train, cfg.train.grpo

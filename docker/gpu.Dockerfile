@@ -43,7 +43,7 @@ COPY docker/entrypoint.sh /usr/local/bin/bridgerl-entrypoint
 COPY --chown=10001:10001 params.yaml /home/bridgerl/params.yaml
 COPY --from=project /dist /tmp/dist
 RUN pip install --no-deps --no-index /tmp/dist/*.whl && rm -rf /tmp/dist \
-    && python -c "import bridgerl.k8s_jobs, kfp, vllm"
+    && python -c "import bridgerl.launch.k8s, kfp, vllm"
 # the revision last: a new commit does not invalidate the cached layers above
 ARG GIT_COMMIT=unknown
 ARG VERSION=0.1.0

@@ -29,7 +29,7 @@ from pipelines.placement import CHECKPOINT_MOUNT, PLACEMENT, mount_checkpoints, 
 
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
-from bridgerl.train.methods import METHOD_NAMES  # noqa: E402  (the one table of methods)
+from bridgerl.core.methods import METHOD_NAMES  # noqa: E402  (the one table of methods)
 
 METHODS = list(METHOD_NAMES)
 PARALLELISM = 3  # training pods of the comparison at once (a compile-time setting of KFP's ParallelFor)

@@ -29,7 +29,7 @@ SHARED_DATA = SHARED / "data"
 
 # pytest-xdist (pyproject's addopts: two workers, each file on one worker, files in the order below): each
 # worker gets its share of the cores, so two workers never oversubscribe them. Every process a test starts
-# inherits it: torch threads ($BRIDGERL_TORCH_THREADS, what bridgerl.threads reads) and the core a vLLM CPU
+# inherits it: torch threads ($BRIDGERL_TORCH_THREADS, what bridgerl.core.threads reads) and the core a vLLM CPU
 # engine's threads are bound to. What the environment already sets wins.
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 if _WORKER:
@@ -54,7 +54,7 @@ SLOW_FIRST = [
 
 
 def pytest_configure(config):
-    if _WORKER:  # in-process torch too (stages call bridgerl.threads.configure; tests that use torch directly)
+    if _WORKER:  # in-process torch too (stages call bridgerl.core.threads.configure; tests that use torch directly)
         import torch
 
         torch.set_num_threads(int(os.environ["BRIDGERL_TORCH_THREADS"]))

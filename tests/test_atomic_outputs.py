@@ -11,7 +11,7 @@ import time
 import pytest
 from conftest import FAST, REPO, make_cfg, path_overrides
 
-from bridgerl.io import atomic_dir, atomic_file
+from bridgerl.core.io import atomic_dir, atomic_file
 
 
 def test_atomic_dir_failure_keeps_old(tmp_path):
@@ -40,7 +40,7 @@ def test_atomic_file_failure_keeps_old(tmp_path):
 def test_a_kill_between_the_renames_leaves_nothing_after_the_next_write(tmp_path, monkeypatch):
     """Replacing a directory renames the old one aside, then the new one in: killed between the two (found by
     the fault campaign), the old version is left as .out.old-<pid>; the next write of `out` removes it."""
-    from bridgerl import io
+    from bridgerl.core import io
 
     out = tmp_path / "out"
     with atomic_dir(out) as d:
@@ -97,7 +97,7 @@ def test_outputs_are_readable_by_the_group(tmp_path):
     so a team sharing a volume can read them."""
     import stat
 
-    from bridgerl.io import atomic_dir, write_json
+    from bridgerl.core.io import atomic_dir, write_json
 
     old = os.umask(0o002)  # a shared-volume umask: group-writable too
     try:
@@ -121,7 +121,7 @@ def test_local_tracking_store_gets_the_umask_modes(tmp_path):
     it gets the umask's modes like every output, not tempfile's 0600 (issue 27 item 8)."""
     import stat
 
-    from bridgerl.tracking import init_local_store
+    from bridgerl.tracking.runs import init_local_store
 
     cfg = make_cfg(tmp_path, "tracking.enabled=true", f"tracking.local_db={tmp_path / 'store' / 'mlruns.db'}")
     old = os.umask(0o002)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import FAST, REPO, make_cfg, path_overrides, run_cli
 
-from bridgerl.io import DataError
+from bridgerl.core.io import DataError
 from bridgerl.stages import train
 from bridgerl.train import checkpoint
 

@@ -9,7 +9,7 @@ import torch
 from conftest import make_cfg
 
 from bridgerl.comparison import costs
-from bridgerl.train.methods import METHOD_NAMES
+from bridgerl.core.methods import METHOD_NAMES
 
 
 def _count(tr):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bridgerl.curve_html import render
+from bridgerl.train.curve_html import render
 
 
 def test_one_chart_per_numeric_column(tmp_path):

@@ -21,8 +21,8 @@ import pytest
 import teacher_server
 from conftest import FAST, REPO, SHARED_DATA, make_cfg, path_overrides, run_cli
 
+from bridgerl.core.io import read_jsonl
 from bridgerl.demos.filters import Decontaminator, filter_problems
-from bridgerl.io import read_jsonl
 from bridgerl.rewards import is_correct
 from bridgerl.stages import build_demos
 
@@ -263,7 +263,7 @@ def test_dataset_field_mapping_errors_name_the_record(project):
     path = project / "bad.jsonl"
     path.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
     cfg = make_cfg(project, "demos.source=dataset", f"demos.dataset={{name: bad, kind: local, path: {path}}}")
-    from bridgerl.io import DataError
+    from bridgerl.core.io import DataError
 
     with pytest.raises(DataError, match=r"bad.jsonl: record 1: missing field\(s\) solution, id"):
         build_demos.run(cfg, progress=False)

@@ -13,10 +13,10 @@ import pytest
 import torch
 from conftest import make_cfg, run_cli
 
-from bridgerl import launch
 from bridgerl.config import ConfigError
+from bridgerl.launch import local as launch
+from bridgerl.rollout import seeded_sampling as S
 from bridgerl.train import parallel as P
-from bridgerl.train import seeded_sampling as S
 from bridgerl.train.engines import ds_config
 
 # --------------------------------------------------------------------------------------------
@@ -81,8 +81,8 @@ def test_shards_follow_the_minibatches():
 
 
 def test_seeded_sampling_does_not_depend_on_the_batch(tiny_project):
-    from bridgerl.generation import generate
     from bridgerl.model.loading import load_model, load_tokenizer
+    from bridgerl.rollout.generation import generate
 
     base = tiny_project / "models" / "base"
     tok, model = load_tokenizer(str(base)), load_model(str(base))

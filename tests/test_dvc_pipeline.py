@@ -172,7 +172,7 @@ def test_readme_recovery_recipe_after_dvc_is_killed_during_training(repo):
     import signal
     import time
 
-    from bridgerl import locks
+    from bridgerl.core import locks
 
     (repo / "params.yaml").write_text(yaml.safe_dump(fast_params(["train.steps=40", "train.save_every=1"]),
                                                      sort_keys=False))

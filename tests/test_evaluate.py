@@ -9,9 +9,9 @@ import pytest
 from conftest import SHARED_DATA, make_cfg, run_cli
 
 from bridgerl.config import ConfigError
+from bridgerl.core.io import DataError, read_jsonl
 from bridgerl.evaluation.backends import select_backend
 from bridgerl.evaluation.report import write_report
-from bridgerl.io import DataError, read_jsonl
 from bridgerl.stages import evaluate
 
 BENCH = SHARED_DATA / "benchmarks"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import FAST, REPO, path_overrides, run_cli
 
-from bridgerl import locks
+from bridgerl.core import locks
 
 STAGES = ["prepare", "init-model", "build-demos", "train", "evaluate", "register"]
 

@@ -37,7 +37,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_tiny_run_measures_every_figure(tiny_run):
-    from bridgerl.train.methods import METHOD_NAMES
+    from bridgerl.core.methods import METHOD_NAMES
 
     res, _ = tiny_run
     assert res["tiny"] and not res["errors"], res["errors"]

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from test_k8s_jobs import _spec
 
-from bridgerl import k8s_jobs
-from bridgerl.k8s_jobs import KUEUE_QUEUE_LABEL, build_pytorchjob, build_trainjob
+from bridgerl.launch import k8s as k8s_jobs
+from bridgerl.launch.k8s import KUEUE_QUEUE_LABEL, build_pytorchjob, build_trainjob
 
 
 @pytest.mark.parametrize("build", [build_trainjob, build_pytorchjob])

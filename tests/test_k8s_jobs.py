@@ -1,4 +1,4 @@
-"""Multi-node job objects (src/bridgerl/k8s_jobs.py), offline: they round-trip through the operators'
+"""Multi-node job objects (src/bridgerl/launch/k8s.py), offline: they round-trip through the operators'
 API models, match the runtime in k8s/, and the per-node launch command really starts torchrun."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 import yaml
 from conftest import REPO
 
-from bridgerl import k8s_jobs
-from bridgerl.k8s_jobs import JobSpec, build_pytorchjob, build_trainjob, job_state
+from bridgerl.launch import k8s as k8s_jobs
+from bridgerl.launch.k8s import JobSpec, build_pytorchjob, build_trainjob, job_state
 
 ARGV = ["train", "-P", "/mnt/checkpoints/r1/train/params.yaml", "-S", "train.out_dir=/mnt/checkpoints/r1/io/model",
         "--resume"]
@@ -129,7 +129,7 @@ def test_cli_dry_run_prints_the_job():
     args = ["--api", "trainer", "--name", "train-r1", "--image", "img:1", "--nodes", "2", "--gpus", "4",
             "--namespace", "ns", "--pvc", "ckpt", "--tolerations", '[{"key": "gpu", "operator": "Exists"}]',
             "--env", "A=1", "--dry-run", "--", *ARGV]
-    p = subprocess.run([sys.executable, "-m", "bridgerl.k8s_jobs", *args], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "bridgerl.launch.k8s", *args], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(REPO / "src")}, timeout=120)
     assert p.returncode == 0, p.stderr
     body = json.loads(p.stdout)

@@ -311,7 +311,7 @@ def test_compare_fans_out_and_collects(compiled):
     for t in ("train", "evaluate"):
         assert inner[t]["inputs"]["parameters"]["config"]["taskOutputParameter"]["producerTask"] == "resolve-config-2"
     assert tasks["report"]["inputs"]["artifacts"]["metrics"]["taskOutputArtifact"]["producerTask"] == loop_name
-    from bridgerl.train.methods import METHOD_NAMES  # every method of the one table, bridge_frozen_w included
+    from bridgerl.core.methods import METHOD_NAMES  # every method of the one table, bridge_frozen_w included
 
     assert spec["root"]["inputDefinitions"]["parameters"]["methods"]["defaultValue"] == list(METHOD_NAMES)
     from pipelines.compare_pipeline import PARALLELISM
@@ -382,7 +382,7 @@ def test_bridge_pipeline_runs_locally(local_kfp):
     assert {"train", "evaluate", "register", "pipeline"} <= set(stages)
     assert len({stages[s] for s in ("train", "evaluate", "register")}) == 1
     # lineage under Kubeflow (no dvc.lock): the version's source run is the train run, data hashes from
-    # the artifacts themselves (bridgerl.lineage)
+    # the artifacts themselves (bridgerl.tracking.lineage)
     mv = client.get_model_version(reg["name"], reg["version"])
     [train_run] = [r for r in runs if r.data.tags.get("bridgerl.stage") == "train"]
     assert mv.run_id == train_run.info.run_id and mv.tags["train_run_id"] == train_run.info.run_id

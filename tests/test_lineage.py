@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import make_cfg
 
-from bridgerl import lineage
 from bridgerl.stages import register, train
+from bridgerl.tracking import lineage
 
 
 @pytest.fixture

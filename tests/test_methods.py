@@ -1,4 +1,4 @@
-"""The one table of methods (bridgerl.train.methods) is what the configuration, model building, the
+"""The one table of methods (bridgerl.core.methods) is what the configuration, model building, the
 trainer's dispatch, `bridgerl compare` and the compare pipeline read."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 from conftest import make_cfg, run_cli
 
 from bridgerl.config import Config, ConfigError
-from bridgerl.train.methods import METHOD_NAMES, METHODS
+from bridgerl.core.methods import METHOD_NAMES, METHODS
 from bridgerl.train.updates import UPDATES
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 
-from bridgerl import quiet
+from bridgerl.core import quiet
 
 
 def test_known_harmless_warnings_are_dropped_and_others_kept(caplog):

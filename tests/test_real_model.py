@@ -75,8 +75,8 @@ def _chat_ids(tok, texts):
 
 
 def test_gguf_becomes_a_plain_checkpoint(smol):
-    from bridgerl import lineage
     from bridgerl.model import source
+    from bridgerl.tracking import lineage
 
     d, info = smol["dir"], smol["info"]
     cfg = json.loads((d / "config.json").read_text())
@@ -166,8 +166,8 @@ def _plan_predicts_the_cpu_peak(cfg, measured_gib: float):
     RSS (issue 24 item 5)."""
     from transformers import AutoTokenizer
 
-    from bridgerl import plan
-    from bridgerl.prompts import render_prompt
+    from bridgerl.model.prompts import render_prompt
+    from bridgerl.train import plan
 
     tok = AutoTokenizer.from_pretrained(cfg.model.out_dir)
     rows = [json.loads(x) for x in (Path(cfg.data.out_dir) / "rl_train.jsonl").read_text().splitlines()]
@@ -188,9 +188,9 @@ def _register_then_serve_greedy_as_trained(cfg, problem: str):
     import torch
     from transformers import AutoTokenizer
 
-    from bridgerl.generation import generate
     from bridgerl.model.loading import load_model
-    from bridgerl.prompts import render_prompt
+    from bridgerl.model.prompts import render_prompt
+    from bridgerl.rollout.generation import generate
     from bridgerl.stages import register
 
     m = Path(cfg.eval.metrics_file)

@@ -31,8 +31,8 @@ SWEEPS = ["bridge:train.lr_w=1.0e-4", "bridge_single_level:train.lr_w=1.0e-4"]
 def test_real_model_comparison_two_seeds_two_iterations(tmp_path):
     from bridgerl.cli import build_parser
     from bridgerl.config import load_config
+    from bridgerl.core.methods import METHOD_NAMES, METHODS
     from bridgerl.stages import compare
-    from bridgerl.train.methods import METHOD_NAMES, METHODS
 
     cfg = load_config(REPO / "params.yaml", [*path_overrides(tmp_path), *TINY], preset="smollm2-compare")
     assert cfg.train.lr_w == cfg.train.lr_theta, "the preset compares at lr_w = lr_theta"

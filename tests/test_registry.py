@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from conftest import FAST, REPO, MlflowServer, _free_port, make_cfg, path_overrides, run_cli
 
-from bridgerl import registry
 from bridgerl.stages import register
+from bridgerl.tracking import registry
 
 
 @pytest.fixture(scope="module")

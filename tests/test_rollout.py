@@ -90,7 +90,7 @@ def setup(tmp_path_factory):
     """The model directory (its generation config lists three EOS ids: </s> and two chosen from the updated
     model's outputs), the prompts, π(θ, w) after one step, and the HF outputs."""
     from bridgerl.model.loading import load_tokenizer
-    from bridgerl.prompts import render_prompt
+    from bridgerl.model.prompts import render_prompt
 
     root = tmp_path_factory.mktemp("rollout")
     cfg = _tiny_model(root)

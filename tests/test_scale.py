@@ -11,10 +11,10 @@ import pytest
 import torch
 from conftest import make_cfg
 
+from bridgerl.core.methods import METHODS
 from bridgerl.train.batches import collate, micro_batches, padding_fraction
 from bridgerl.train.engines import TorchEngine
 from bridgerl.train.losses import token_logprobs
-from bridgerl.train.methods import METHODS
 from bridgerl.train.models import build_models
 from bridgerl.train.parallel import ProcEnv
 from bridgerl.train.updates import UPDATES, Ctx

@@ -6,7 +6,7 @@ import json
 
 from conftest import make_cfg
 
-from bridgerl.io import read_jsonl
+from bridgerl.core.io import read_jsonl
 
 
 def test_prepare_outputs(tiny_project):

@@ -9,7 +9,7 @@ import sys
 
 from conftest import REPO
 
-from bridgerl import threads
+from bridgerl.core import threads
 
 
 def test_share_of_the_cores_per_local_process():
@@ -36,7 +36,7 @@ def test_container_quota_caps_the_cores(tmp_path):
 
 def test_configure_sets_torch_in_a_fresh_process():
     code = ("import os; os.environ.pop('OMP_NUM_THREADS', None); os.environ['LOCAL_WORLD_SIZE'] = '2';"
-            "from bridgerl import threads; import torch; torch.set_num_threads(7); print(threads.configure())")
+            "from bridgerl.core import threads; import torch; torch.set_num_threads(7); print(threads.configure())")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "BRIDGERL_TORCH_THREADS")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**env, "PYTHONPATH": str(REPO / "src")}).stdout

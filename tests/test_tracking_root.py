@@ -5,7 +5,7 @@ from __future__ import annotations
 from conftest import REPO
 
 from bridgerl.config import load_config
-from bridgerl.tracking import project_root, tracking_uri
+from bridgerl.tracking.runs import project_root, tracking_uri
 
 
 def test_store_is_at_the_project_root_from_a_subdirectory(tmp_path, monkeypatch):

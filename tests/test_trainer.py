@@ -463,8 +463,8 @@ def test_cold_start_resume_keeps_the_rl_start_reference(tiny_project, tmp_path):
 def test_rollouts_keep_every_sampled_token(tiny_project):
     """A truncated rollout that sampled the pad token (pad ≠ eos) keeps it: the trained sequence is the
     sampled one."""
-    from bridgerl.generation import generate
     from bridgerl.model.loading import load_model, load_tokenizer
+    from bridgerl.rollout.generation import generate
 
     base = str(tiny_project / "models" / "base")
     tok, model = load_tokenizer(base), load_model(base)
@@ -486,7 +486,7 @@ def test_rollouts_keep_every_sampled_token(tiny_project):
 
 
 def test_stage_run_switch(tmp_path):
-    from bridgerl.tracking import stage_run
+    from bridgerl.tracking.runs import stage_run
 
     cfg = make_cfg(tmp_path, "tracking.enabled=true", f"tracking.local_db={tmp_path}/mlruns.db")
     with stage_run(cfg, "train", enabled=False) as mlf:

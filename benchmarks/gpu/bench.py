@@ -67,7 +67,7 @@ def hide_packages(names) -> None:
 
 
 def write_results(out_dir: Path, results: dict) -> None:
-    from bridgerl.io import write_json
+    from bridgerl.core.io import write_json
 
     write_json(out_dir / "results.json", results)
 
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
         section("exactness", exact)
         ex = results["sections"].get("exactness")
         failed = failed or not (ex and ex["pass"])
-    from bridgerl.plan import KNOWN_SHAPES
+    from bridgerl.train.plan import KNOWN_SHAPES
 
     wanted = a.sizes.split(",") if a.sizes else list(mode["sizes"])
     for label in wanted:

@@ -1,6 +1,6 @@
 """Exactness on the device: the product's update rules and chunked log-probs, against a reference.
 
-- `update_rules`: every method of the table (bridgerl.train.methods) applies its rule
+- `update_rules`: every method of the table (bridgerl.core.methods) applies its rule
   (bridgerl.train.updates.UPDATES) to the same small random Qwen2-shaped model and the same batches, once on
   the device in float32 and once on the CPU in float64 (the reference, as tests/test_trainer.py uses it);
   the gradient of every parameter group at every optimizer step is recorded (an engine that records before
@@ -89,8 +89,8 @@ def _models_to(models, device, dtype):
 
 def update_rules(load_cfg, device: torch.device, seed: int = 0) -> dict:
     """Each method's per-step gradients on `device` (float32) vs the CPU (float64)."""
+    from bridgerl.core.methods import METHODS
     from bridgerl.train.losses import token_logprobs
-    from bridgerl.train.methods import METHODS
     from bridgerl.train.models import build_models
     from bridgerl.train.updates import UPDATES, Ctx
 

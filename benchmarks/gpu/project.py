@@ -1,7 +1,7 @@
 """A throw-away project for the GPU benchmark: a random-weight model directory and the stages' inputs.
 
 `make_model_dir` writes what init-model would (config.json, safetensors weights, generation config and a
-tokenizer) for a model built from a shape (a dict of Qwen2Config fields, e.g. bridgerl.plan.KNOWN_SHAPES),
+tokenizer) for a model built from a shape (a dict of Qwen2Config fields, e.g. bridgerl.train.plan.KNOWN_SHAPES),
 with random weights and a tokenizer whose vocabulary is the model's (`byte_tokenizer`), so any sampled id
 decodes. `write_inputs` writes what prepare and build-demos would
 (rl_train.jsonl, demos.jsonl) as random letters, one token each (fixed token lengths). `GPU_BENCH_SOURCE` is the rewards'

@@ -181,7 +181,7 @@ def main(argv=None) -> int:
     if len(a.paths) != (1 if a.not_run else 2):
         ap.error("give RESULTS.json OUT.md, or --not-run OUT.md")
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-    from bridgerl.io import read_json
+    from bridgerl.core.io import read_json
 
     text = not_run() if a.not_run else render(read_json(a.paths[0]))
     out = Path(a.paths[-1])

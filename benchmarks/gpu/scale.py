@@ -1,6 +1,6 @@
 """The product's Trainer at a Qwen2.5 shape on one device: rl_zero and bridge interleaved.
 
-For one model shape (bridgerl.plan.KNOWN_SHAPES, random weights; project.py writes the model directory and
+For one model shape (bridgerl.train.plan.KNOWN_SHAPES, random weights; project.py writes the model directory and
 inputs), two trainers are built by `make_trainer` from the qwen2.5-3b preset adapted to one device
 (strategy none, the HF generation copy as rollout engine, 16 prompts x 5 rollouts x 1,024 new tokens with
 EOS ignored through the engine's `ignore_eos`), and iterations run A B B A. Each `train_step` is timed
@@ -15,7 +15,7 @@ Each iteration also reads the share of one θ weight matrix's elements that the 
 the preset's learning rate (5e-7) most of an AdamW step is below bf16's resolution and rounds away.
 
 Memory: torch.cuda.max_memory_allocated over the rollout phase and over the update, less what the other
-trainer holds at rest (measured after both warm-ups), against `bridgerl.plan.plan` for the same
+trainer holds at rest (measured after both warm-ups), against `bridgerl.train.plan.plan` for the same
 configuration. Derived figures (decode tokens/s vs the HBM bound, the update's MFU) use the formulas in
 this module and the ceilings passed in; the JSON says which figures are measured and which are computed.
 """
@@ -169,8 +169,8 @@ def run_size(label: str, shape: dict, s: dict, device: torch.device, root: Path,
     """rl_zero and bridge at `shape`: settings `s`, interleaved rounds while `budget` allows."""
     import project
 
-    from bridgerl.plan import RESERVE_GB, plan
-    from bridgerl.train.methods import METHODS
+    from bridgerl.core.methods import METHODS
+    from bridgerl.train.plan import RESERVE_GB, plan
     from bridgerl.train.trainer import make_trainer
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -1,7 +1,7 @@
 """`bridgerl train` as a Kubeflow component: data + demos + base Model → trained Model + Metrics.
 
 One node: the stage runs in this pod, under torchrun over all its GPUs (`--nproc`) when it has more
-than one. Several nodes: `python -m bridgerl.k8s_jobs` stages the inputs on the checkpoint PVC,
+than one. Several nodes: `python -m bridgerl.launch.k8s` stages the inputs on the checkpoint PVC,
 creates a Kubeflow Trainer TrainJob (or a PyTorchJob), streams its logs, waits, copies the outputs
 back and fails this task when the job fails.
 
@@ -39,7 +39,7 @@ def train(config: str, dataset: Input[Dataset], demos: Input[Dataset], base_mode
     launcher, stage = [], {}
     if nodes > 1:  # the job's pods see the PVC, not this pod's artifact paths: stage through it
         stage = {k: os.path.join(work, "io", k) for k in io}
-        launcher = [sys.executable, "-m", "bridgerl.k8s_jobs", "--api", job_api, "--name", f"{label}-{run_id}",
+        launcher = [sys.executable, "-m", "bridgerl.launch.k8s", "--api", job_api, "--name", f"{label}-{run_id}",
                     "--image", job_image, "--nodes", str(nodes), "--gpus", str(node_gpus or gpus),
                     "--gpu-resource", gpu_resource,
                     "--cpu", job_cpu, "--memory", job_memory, "--pvc", checkpoint_pvc, "--mount", root,
@@ -53,7 +53,7 @@ def train(config: str, dataset: Input[Dataset], demos: Input[Dataset], base_mode
     args = ["--resume"] + (["--nproc", str(gpus)] if nodes == 1 and gpus > 1 else [])
     bridgerl_cli("train", config, {**io, **stage}, sets=sets, args=args, tracking_uri=tracking_uri, workdir=work,
                  launcher=launcher)
-    from bridgerl.curve_html import render
+    from bridgerl.train.curve_html import render
 
     render(curve.path, curve_html.path, title=f"Training curve: {label}")
     with open(metrics.path) as f:

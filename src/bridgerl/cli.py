@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="promote even if the gate refuses (recorded in the history)")
     cmd("rollback", "move alias champion back to the previous champion")
     p = cmd("compare", "train every method on the same data/budget/seeds, evaluate, write a report")
-    from bridgerl.train.methods import METHOD_NAMES
+    from bridgerl.core.methods import METHOD_NAMES
 
     p.add_argument("--methods", default=None,
                    help=f"comma-separated subset of the methods (default: all of {', '.join(METHOD_NAMES)})")
@@ -164,7 +164,7 @@ def _exit_on_sigterm(command: str) -> None:
     outputs are removed and locks released."""
     import signal
 
-    from bridgerl import parent_watch
+    from bridgerl.core import parent_watch
 
     ppid = os.getppid()
 
@@ -230,7 +230,7 @@ def _outputs(args, cfg) -> list[str]:
 def _check_args(args, cfg) -> None:
     """Arguments that would otherwise fail deep inside a stage."""
     from bridgerl.config import METHODS, ConfigError
-    from bridgerl.io import DataError
+    from bridgerl.core.io import DataError
 
     c = args.command
     if c == "compare":
@@ -264,18 +264,19 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     if args.command == "generate":
-        from bridgerl import generate
+        from bridgerl.codegen import files as generate
 
         return generate.main(args.root, check=args.check)
     _exit_on_sigterm(args.command)
-    from bridgerl import parent_watch, quiet
+    from bridgerl.core import parent_watch, quiet
 
     quiet.install()
     if args.command != "config":
         parent_watch.install(args.command)
-    from bridgerl import locks, registry
     from bridgerl.config import ConfigError, check_paths, load_config
-    from bridgerl.io import DataError, require_writable
+    from bridgerl.core import locks
+    from bridgerl.core.io import DataError, require_writable
+    from bridgerl.tracking import registry
 
     try:
         overrides = list(args.overrides)
@@ -297,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             registry.ensure_reachable(cfg)  # (a local store is created when first used: tracking.init_local_store)
         with locks.hold(_outputs(args, cfg), args.command):
             if args.command == "train":  # --nproc / a Kubeflow pod: re-run this command under torchrun
-                from bridgerl import launch
+                from bridgerl.launch import local as launch
 
                 prefix = launch.spawn_command(cfg, args.nproc)
                 if prefix is not None:
@@ -335,7 +336,7 @@ def environment_failure(e: OSError) -> str:
     return f"{' -> '.join(paths)}: {what}" if paths else what
 
 
-# commands that compute with torch: each sizes its threads to its share of the cores (bridgerl.threads)
+# commands that compute with torch: each sizes its threads to its share of the cores (bridgerl.core.threads)
 COMPUTE = {"init-model", "build-demos", "train", "evaluate", "compare", "serve-teacher"}
 
 
@@ -344,7 +345,7 @@ def _dispatch(args, cfg) -> int:
 
     c = args.command
     if c in COMPUTE:
-        from bridgerl import threads
+        from bridgerl.core import threads
 
         threads.configure(cfg.threads)
     if c == "config":
@@ -353,7 +354,7 @@ def _dispatch(args, cfg) -> int:
         _emit(yaml.safe_dump(cfg.loggable(), sort_keys=False))  # secrets redacted
         return 0
     if c == "plan":
-        from bridgerl import plan
+        from bridgerl.train import plan
 
         text, fits = plan.main(cfg, args.gpu_memory_gb, args.nproc, args.json, args.prompt_tokens, args.device)
         _emit(text)
@@ -443,7 +444,7 @@ def _dispatch(args, cfg) -> int:
 
 def _registry_command(args, cfg) -> int:
     """register / promote / rollback: exit 1 when the promotion gate refuses, 3 on a registry error."""
-    from bridgerl import registry
+    from bridgerl.tracking import registry
 
     c = args.command
     try:

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bridgerl.train.methods import METHOD_NAMES, METHODS  # noqa: E402,F401  (the one table of methods)
+from bridgerl.core.methods import METHOD_NAMES, METHODS  # noqa: E402,F401  (the one table of methods)
 
 Method = Literal[METHOD_NAMES]  # type: ignore[valid-type]
 

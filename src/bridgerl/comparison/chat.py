@@ -31,7 +31,7 @@ def _load(model_dir: str | Path):
 
 
 def _chat_prompt(tokenizer, text: str) -> str:
-    from bridgerl.prompts import render_prompt
+    from bridgerl.model.prompts import render_prompt
 
     return render_prompt(text, tokenizer, "{problem}")
 
@@ -49,7 +49,7 @@ def _public(res: dict) -> dict:
 
 @torch.no_grad()
 def _answers(model, tok, prompts: tuple[str, ...], max_new_tokens: int) -> dict:
-    from bridgerl.generation import generate
+    from bridgerl.rollout.generation import generate
 
     gen = generate(model, tok, [_chat_prompt(tok, p) for p in prompts], max_new_tokens)
     return {"prompts": list(prompts), "responses": gen.texts, "prompt_ids": gen.prompt_ids,

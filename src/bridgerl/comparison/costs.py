@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridgerl.config import Config
-from bridgerl.train.methods import METHODS
+from bridgerl.core.methods import METHODS
 
 AXES = {
     "wall_time_s": "training wall time (s)",
@@ -46,9 +46,9 @@ class TokenMeans:
 
 def token_means(cfg: Config) -> TokenMeans:
     """Mean prompt and demonstration lengths in tokens, from the inputs the runs trained on."""
-    from bridgerl.io import read_jsonl
+    from bridgerl.core.io import read_jsonl
     from bridgerl.model.loading import load_tokenizer
-    from bridgerl.prompts import render_prompt
+    from bridgerl.model.prompts import render_prompt
 
     tok = load_tokenizer(cfg.model.out_dir)
     e = cfg.eval

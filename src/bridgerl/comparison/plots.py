@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from bridgerl.comparison.costs import AXES
-from bridgerl.train.methods import METHODS
+from bridgerl.core.methods import METHODS
 
-# sweep arms: colors none of the methods uses (methods: bridgerl.train.methods), dashed
+# sweep arms: colors none of the methods uses (methods: bridgerl.core.methods), dashed
 SWEEP_COLORS = ["#17becf", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d"]
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from bridgerl.comparison.costs import AXES
 from bridgerl.config import Config
-from bridgerl.io import atomic_file
-from bridgerl.train.methods import METHOD_NAMES
+from bridgerl.core.io import atomic_file
+from bridgerl.core.methods import METHOD_NAMES
 
 
 def _interval(iv: dict | None, fmt, floor: float | None = None) -> str:

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from bridgerl.config import FieldMap, SourceSpec
-from bridgerl.io import DataError, iter_jsonl, read_json, read_text
+from bridgerl.core.io import DataError, iter_jsonl, read_json, read_text
 
 log = logging.getLogger(__name__)
 

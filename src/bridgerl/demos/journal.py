@@ -20,7 +20,7 @@ import logging
 import os
 from pathlib import Path
 
-from bridgerl.io import write_json
+from bridgerl.core.io import write_json
 
 log = logging.getLogger(__name__)
 

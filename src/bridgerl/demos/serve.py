@@ -4,7 +4,7 @@ It answers `POST /v1/chat/completions` (non-streaming; n, temperature, top_p, ma
 max_completion_tokens, seed) and `GET /v1/models`, generating with transformers. It exists so the
 endpoint teacher can be tried and tested end to end without vLLM; for real teachers use vLLM or SGLang.
 A model without a chat template gets the messages' contents joined by blank lines plus a newline
-(the same text bridgerl.prompts renders without a template). With `api_key` set, requests must carry
+(the same text bridgerl.model.prompts renders without a template). With `api_key` set, requests must carry
 `Authorization: Bearer <key>`. Generation is serialized by a lock (one model, one device).
 """
 
@@ -46,7 +46,7 @@ class HFChatBackend:
     def chat(self, body: dict) -> dict:
         import torch
 
-        from bridgerl.generation import generate
+        from bridgerl.rollout.generation import generate
 
         msgs = body.get("messages")
         if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs):

@@ -21,7 +21,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Callable
 
 from bridgerl.config import Config, SourceSpec, redact
-from bridgerl.io import DataError
+from bridgerl.core.io import DataError
 from bridgerl.tasks import synthetic
 
 log = logging.getLogger(__name__)
@@ -180,12 +180,12 @@ class HFTeacher:
         msgs = messages_for(problem, self.d.prompt_template, self.d.system_prompt)
         if getattr(self.tok, "chat_template", None):
             return self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        return "\n\n".join(m["content"] for m in msgs) + "\n"  # same as bridgerl.prompts without a template
+        return "\n\n".join(m["content"] for m in msgs) + "\n"  # same as bridgerl.model.prompts without a template
 
     def run(self, todo: list[tuple[dict, int]], on_sample: OnSample) -> None:
         import torch
 
-        from bridgerl.generation import generate
+        from bridgerl.rollout.generation import generate
 
         if not todo:
             return

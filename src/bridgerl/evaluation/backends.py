@@ -66,7 +66,7 @@ class HFBackend:
         import torch
         from tqdm import tqdm
 
-        from bridgerl.generation import generate
+        from bridgerl.rollout.generation import generate
 
         torch.manual_seed(self.seed)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from bridgerl.config import Config, SourceSpec
+from bridgerl.core.io import DataError, read_jsonl
 from bridgerl.data import sources
-from bridgerl.io import DataError, read_jsonl
 
 
 def data_source_of(cfg: Config, name: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bridgerl.io import DataError, iter_jsonl
+from bridgerl.core.io import DataError, iter_jsonl
 
 
 @dataclass

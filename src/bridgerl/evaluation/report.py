@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bridgerl.io import DataError, atomic_file, read_json, write_json
+from bridgerl.core.io import DataError, atomic_file, read_json, write_json
 
 DISPLAY = {"math500": "MATH500", "minerva_math": "Minerva", "olympiadbench": "OlympiadBench",
            "aime24": "AIME24", "amc23": "AMC23", "gsm8k": "GSM8K", "synthetic": "Synthetic"}

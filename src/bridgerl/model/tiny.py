@@ -17,7 +17,7 @@ from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from bridgerl.config import Config
-from bridgerl.prompts import render_prompt
+from bridgerl.model.prompts import render_prompt
 from bridgerl.tasks import synthetic
 
 SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from bridgerl.rollout.base import Rollout, RolloutEngine, stop_token_ids
-from bridgerl.train.seeded_sampling import SeededSampling, sample_seeds
+from bridgerl.rollout.seeded_sampling import SeededSampling, sample_seeds
 
 
 class HFEngine(RolloutEngine):

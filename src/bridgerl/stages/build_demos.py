@@ -17,12 +17,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bridgerl.config import Config
+from bridgerl.core.io import DataError, atomic_dir, read_jsonl, write_json, write_jsonl
 from bridgerl.demos.filters import Decontaminator, filter_problems, filter_traces, length_stats
 from bridgerl.demos.journal import Journal, problem_sha
 from bridgerl.demos.teachers import load_traces, make_teacher
-from bridgerl.io import DataError, atomic_dir, read_jsonl, write_json, write_jsonl
 from bridgerl.rewards.terms import Scorer
-from bridgerl.tracking import stage_run
+from bridgerl.tracking.runs import stage_run
 
 log = logging.getLogger(__name__)
 

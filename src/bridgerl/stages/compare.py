@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from bridgerl.config import Config, ConfigError, apply_override, parse_override
-from bridgerl.io import read_json, write_json
-from bridgerl.train.methods import METHOD_NAMES, METHODS
+from bridgerl.core.io import read_json, write_json
+from bridgerl.core.methods import METHOD_NAMES, METHODS
 
 DEFAULT_SEEDS = [0, 1, 2, 3, 4]
 # the questions the report answers: BRIDGE against each of these, paired by seed (the three, and
@@ -230,7 +230,7 @@ def _worker(tasks, results) -> None:
     import signal
     import traceback
 
-    from bridgerl import parent_watch
+    from bridgerl.core import parent_watch
 
     def on_sigterm(signum, frame):
         raise SystemExit(128 + signum)
@@ -307,7 +307,7 @@ def run(cfg: Config, methods: list[str] | None = None, seeds: list[int] | None =
     from bridgerl.comparison import costs
     from bridgerl.stages import evaluate
 
-    methods = methods or list(METHOD_NAMES)  # every method of the table (bridgerl.train.methods)
+    methods = methods or list(METHOD_NAMES)  # every method of the table (bridgerl.core.methods)
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ValueError(f"--methods: unknown method(s) {bad} (known: {', '.join(METHOD_NAMES)})")
@@ -332,7 +332,7 @@ def run(cfg: Config, methods: list[str] | None = None, seeds: list[int] | None =
     todo = [(arm, seed, _run_cfg(icfg, arm, seed, out / "runs" / f"{arm.slug}-s{seed}"))
             for seed in seeds for arm in arms]  # seed-major: an interrupted comparison has whole seeds
     if jobs > 1 and icfg.threads is None:  # one process per share of the cores
-        from bridgerl.threads import available_cores
+        from bridgerl.core.threads import available_cores
 
         for _, _, rc in todo:
             rc.threads = max(1, available_cores() // jobs)

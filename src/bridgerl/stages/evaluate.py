@@ -19,11 +19,11 @@ import numpy as np
 from tqdm import tqdm
 
 from bridgerl.config import Config
+from bridgerl.core.io import DataError, atomic_dir, read_json, tree_digest, write_json, write_jsonl
 from bridgerl.evaluation import backends, benchmarks, predictions, scoring
-from bridgerl.io import DataError, atomic_dir, read_json, tree_digest, write_json, write_jsonl
-from bridgerl.prompts import render_prompt
+from bridgerl.model.prompts import render_prompt
 from bridgerl.rewards.terms import Scorer
-from bridgerl.tracking import stage_run
+from bridgerl.tracking.runs import stage_run
 
 
 def sampling(cfg: Config, name: str) -> dict:

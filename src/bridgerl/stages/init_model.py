@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from bridgerl.config import Config
-from bridgerl.io import atomic_dir, write_json
-from bridgerl.tracking import stage_run
+from bridgerl.core.io import atomic_dir, write_json
+from bridgerl.tracking.runs import stage_run
 
 
 def run(cfg: Config) -> dict:
@@ -36,9 +36,9 @@ def run(cfg: Config) -> dict:
 
 
 def _convert(cfg: Config, tmp: Path) -> dict:
-    from bridgerl import lineage
     from bridgerl.model import source
     from bridgerl.model.loading import load_model, load_tokenizer, resolve_dtype
+    from bridgerl.tracking import lineage
 
     src = source.resolve(cfg.model)
     if src.gguf_file:

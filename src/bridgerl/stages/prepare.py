@@ -18,10 +18,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bridgerl.config import Config
+from bridgerl.core.io import DataError, atomic_dir, write_json, write_jsonl
 from bridgerl.data import sources
-from bridgerl.io import DataError, atomic_dir, write_json, write_jsonl
 from bridgerl.tasks import synthetic
-from bridgerl.tracking import stage_run
+from bridgerl.tracking.runs import stage_run
 
 EVAL_SEED_OFFSET = 1_000_003  # the held-out synthetic test set never shares a seed with training
 

@@ -14,11 +14,11 @@ The model is logged with the MLflow transformers flavor, served one of two ways 
 Both are greedy by default (evaluation's settings as model config). The version carries its provenance as tags: git commit, DVC
 hashes, a hash of the resolved params, method, base model, every evaluation metric
 (`metric.<key>`), the Kubeflow run id under Kubeflow. Registration is resumable: see
-bridgerl.registry (a rerun completes a version left pending, it never registers the same model
+bridgerl.tracking.registry (a rerun completes a version left pending, it never registers the same model
 twice). With registry.auto_promote the promotion gate runs right after.
 
 Lineage: the model is logged as an output of the run that trained it (found by the trained model's
-sha256, which the train run records; bridgerl.lineage) and the version's source run is that train
+sha256, which the train run records; bridgerl.tracking.lineage) and the version's source run is that train
 run; the register run takes the model as an input. The version also carries the hashes of the data
 and base model the train run read (`data.<key>` tags, from the artifacts themselves, so also under
 Kubeflow), and a description (a short model card); the registered model gets a description once.
@@ -37,10 +37,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-from bridgerl import lineage, registry
 from bridgerl.config import Config, ConfigError
-from bridgerl.io import DataError, read_json, tree_digest, write_json
-from bridgerl.tracking import git_commit, stage_run, tracking_uri
+from bridgerl.core.io import DataError, read_json, tree_digest, write_json
+from bridgerl.tracking import lineage, registry
+from bridgerl.tracking.runs import git_commit, stage_run, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def serving(cfg: Config, tokenizer) -> str:
 
 def prompt_template(cfg: Config, tokenizer) -> str:
     """The evaluation prompt (chat template included) with `{prompt}` where the user's text goes."""
-    from bridgerl.prompts import render_prompt
+    from bridgerl.model.prompts import render_prompt
 
     text = render_prompt(_SENTINEL, tokenizer, cfg.eval.prompt_template, cfg.eval.use_chat_template)
     return text.replace("{", "{{").replace("}", "}}").replace(_SENTINEL, "{prompt}")

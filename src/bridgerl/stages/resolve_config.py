@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from bridgerl.config import Config
-from bridgerl.io import write_json
+from bridgerl.core.io import write_json
 from bridgerl.stages.contracts import RESOLVED_DIR, STAGES, fingerprint, local_files, task_config
 
 

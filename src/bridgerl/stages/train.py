@@ -18,8 +18,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bridgerl.config import Config
-from bridgerl.io import atomic_dir, atomic_file, write_json
-from bridgerl.tracking import stage_run
+from bridgerl.core.io import atomic_dir, atomic_file, write_json
+from bridgerl.tracking.runs import stage_run
 from bridgerl.train import checkpoint, parallel
 from bridgerl.train.models import export
 from bridgerl.train.trainer import Trainer, make_trainer
@@ -99,7 +99,7 @@ def toy_defaults_on_a_real_model(cfg: Config) -> list[str]:
 
 def run(cfg: Config, max_steps: int | None = None, resume: bool = False, progress: bool = True) -> dict:
     """Train on this process (every rank of a torchrun job runs this); rank 0 writes the outputs."""
-    from bridgerl import threads
+    from bridgerl.core import threads
 
     n_threads = threads.configure(cfg.threads)  # (each torchrun worker runs this too)
     tr = make_trainer(cfg)

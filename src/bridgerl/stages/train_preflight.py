@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from bridgerl.config import Config, ConfigError
-from bridgerl.io import DataError, iter_jsonl
+from bridgerl.core.io import DataError, iter_jsonl
 
 
 def _module_names(model_dir: Path) -> list[str]:
@@ -27,7 +27,7 @@ def _module_names(model_dir: Path) -> list[str]:
 
 
 def check_lora_targets(cfg: Config, model_dir: Path) -> None:
-    from bridgerl.train.methods import METHODS
+    from bridgerl.core.methods import METHODS
 
     targets = cfg.train.lora.target_modules
     if not METHODS[cfg.train.method].lora or targets == "all-linear":
@@ -72,7 +72,7 @@ def check_resume(cfg: Config, run: str | None = None) -> None:
 
 
 def check(cfg: Config, resume: bool = False, run: str | None = None) -> None:
-    from bridgerl.train.methods import METHODS
+    from bridgerl.core.methods import METHODS
 
     model_dir = Path(cfg.model.out_dir)
     if not (model_dir / "config.json").is_file():

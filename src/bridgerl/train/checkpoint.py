@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from bridgerl.config import Config
-from bridgerl.io import DataError, atomic_dir, read_json, write_json, writing
+from bridgerl.core.io import DataError, atomic_dir, read_json, write_json, writing
 
 STATE_FILE = "state.pt"
 MANIFEST_FILE = "manifest.json"

@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from bridgerl.config import Config, deep_merge
+from bridgerl.core.methods import METHODS
 from bridgerl.train import checkpoint
-from bridgerl.train.methods import METHODS
 from bridgerl.train.models import Models, build_models
 from bridgerl.train.parallel import ProcEnv, barrier
 
@@ -310,7 +310,7 @@ class DeepSpeedEngine(TorchEngine):
         root = Path(ckpt_dir)
         tag = f"step-{step:06d}"
         meta = {"resume_key": key, "world_size": self.env.world_size, "strategy": self.cfg.train.distributed.strategy}
-        from bridgerl.io import writing
+        from bridgerl.core.io import writing
 
         with writing(root / tag):  # a full disk names the checkpoint (torch's writers say "iostream error")
             self.ds.save_checkpoint(str(root), tag=tag, client_state={**meta, **state})

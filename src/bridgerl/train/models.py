@@ -1,6 +1,6 @@
 """The models a method trains: policy π(θ, w), the RL-only shadow θ̂ (sharing w), the frozen reference.
 
-What is built follows the method's row in bridgerl.train.methods:
+What is built follows the method's row in bridgerl.core.methods:
 - methods without LoRA (the baselines) train all base weights θ; no LoRA, no shadow.
 - `lora` wraps θ with a peft LoRA adapter w (all of θ trainable too); `trains_w` says whether w trains.
 - `shadow` deep-copies the wrapped base into θ̂ whose LoRA modules *are* the policy's (one set of w
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from bridgerl.config import Config
-from bridgerl.train.methods import METHODS
+from bridgerl.core.methods import METHODS
 
 
 @dataclass

@@ -159,7 +159,7 @@ def check_shardable(cfg: Config, world_size: int) -> None:
     """The global batches divide into the ranks' shards of every mini-batch (nothing to check alone)."""
     if world_size == 1:
         return
-    from bridgerl.train.methods import METHODS
+    from bridgerl.core.methods import METHODS
 
     t, m = cfg.train, METHODS[cfg.train.method]
     n = t.grpo.mini_batches

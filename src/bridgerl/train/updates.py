@@ -3,7 +3,7 @@
 GRPO's loss is `bridgerl.train.losses.grpo_loss`; SFT's objective is `losses.sft_objective`. A rule
 computes losses with the models, calls `ctx.backward` (the engine's backward; BRIDGE: twice, accumulating) and
 `engine.step()` (clip, optimizer step, zero the gradients), once per mini-batch and PPO epoch. Which
-method uses which rule is the table in bridgerl.train.methods (`Method.update`).
+method uses which rule is the table in bridgerl.core.methods (`Method.update`).
 
 BRIDGE (`bridge_update`, the spec's steps 3–5): one backward of −[(1−λ)J_SFT(θ,w) + λJ_RL(θ,w)] through
 the policy, one of −J_RL(θ̂,w) through the shadow with a hook scaling w's gradient by −λ; one optimizer
@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import torch
 
 from bridgerl.config import Config
+from bridgerl.core.methods import METHODS
 from bridgerl.train.batches import SeqBatch, assemble, micro_batches, split
 from bridgerl.train.losses import grpo_loss, masked_mean, sft_objective, token_logprobs
-from bridgerl.train.methods import METHODS
 from bridgerl.train.models import Models
 from bridgerl.train.parallel import all_reduce, is_distributed
 

@@ -45,7 +45,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
 from bridgerl.config import Config
-from bridgerl.tracking import init_local_store, tracking_uri
+from bridgerl.tracking.runs import init_local_store, tracking_uri
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import html
 import math
 from pathlib import Path
 
-from bridgerl.io import atomic_file
+from bridgerl.core.io import atomic_file
 
 W, H, PAD = 420, 180, 36
 

@@ -18,7 +18,7 @@ the training operator for a pod group of all replicas (PyTorchJob `schedulingPol
 with its gang scheduler, Volcano or scheduler-plugins); for TrainJob the pod group policy belongs to
 the TrainingRuntime (`podGroupPolicy.coscheduling`, docs/distributed.md), chosen with `--runtime`.
 
-    python -m bridgerl.k8s_jobs --api trainer --name run-1 --image IMG --nodes 2 --gpus 8 \
+    python -m bridgerl.launch.k8s --api trainer --name run-1 --image IMG --nodes 2 --gpus 8 \
         --pvc bridgerl-checkpoints --mount /mnt/checkpoints -- train -P params.yaml -S ...
 """
 
@@ -334,7 +334,7 @@ def _pairs(items: list[str], what: str) -> list[tuple[str, str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m bridgerl.k8s_jobs", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bridgerl.launch.k8s", description=__doc__.splitlines()[0])
     ap.add_argument("--api", choices=sorted(APIS), default="trainer", help="trainer: TrainJob; pytorchjob: PyTorchJob")
     ap.add_argument("--name", required=True)
     ap.add_argument("--image", required=True)

@@ -9,7 +9,7 @@ for the pipeline, found by the tag `bridgerl.pipeline_id`: `$BRIDGERL_PIPELINE_I
 orchestrator sets it (Kubeflow passes its run id), else a hash of the git commit and the resolved
 configuration (one `dvc repro`). The parent run carries the resolved configuration (params and
 `config.json` from the stage that created it, `config/<stage>.json` from each stage) and the hashes
-of the artifacts the stages wrote (bridgerl.lineage); the train run logs MLflow system metrics
+of the artifacts the stages wrote (bridgerl.tracking.lineage); the train run logs MLflow system metrics
 (CPU/GPU, memory) when `tracking.system_metrics` is on.
 """
 
@@ -127,7 +127,7 @@ def _stage_run(cfg: Config, stage: str, run_id: str | None, log_params: bool, ex
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from bridgerl import lineage
+    from bridgerl.tracking import lineage
 
     exp = mlflow.set_experiment(cfg.tracking.experiment)
     pid = pipeline_id(cfg)
@@ -177,7 +177,7 @@ def init_local_store(cfg: Config) -> None:
         return
     from mlflow.tracking._tracking_service.utils import _get_store
 
-    from bridgerl.io import _publish_mode, _tmp_sibling
+    from bridgerl.core.io import _publish_mode, _tmp_sibling
 
     tmp = _tmp_sibling(path, is_dir=False)
     try:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from bridgerl.io import DataError
+from bridgerl.core.io import DataError
 
 ENV = "BRIDGERL_LOCKS_HELD"
 

@@ -2,7 +2,7 @@
 
 `spawn_command()` decides whether `bridgerl train` must re-execute itself under torchrun (`--nproc N` /
 train.distributed.nproc on one node, or a Kubeflow pod whose PET_* variables torchrun reads itself);
-`spawn()` runs it. The Kubernetes job launcher is `bridgerl.k8s_jobs`. Once launched, each process
+`spawn()` runs it. The Kubernetes job launcher is `bridgerl.launch.k8s`. Once launched, each process
 finds its place with `bridgerl.train.parallel.detect()`.
 """
 

@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 
 from bridgerl.config import Config
-from bridgerl.io import tree_digest
+from bridgerl.core.io import tree_digest
 
 log = logging.getLogger(__name__)
 

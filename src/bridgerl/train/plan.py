@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridgerl.config import Config, ConfigError
-from bridgerl.train.methods import METHODS
+from bridgerl.core.methods import METHODS
 
 GB = 1024**3
 RESERVE_GB = 3.0  # CUDA context + NCCL + allocator fragmentation + DeepSpeed buckets (estimate)
