@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import FAST, REPO, make_cfg, path_overrides, run_cli
 
-from bridgerl.core.io import DataError
+from bridgerl.core.io import DataError, digest
 from bridgerl.stages import train
 from bridgerl.train import checkpoint
 
@@ -50,7 +50,7 @@ def test_a_checkpoint_has_a_manifest_and_loads_as_plain_tensors(tiny_project, tm
     ckpt = root / "checkpoints/train/step-000001"
     manifest = json.loads((ckpt / "manifest.json").read_text())
     assert manifest["step"] == 1 and manifest["resume_key"] == checkpoint.resume_key(make_cfg(root, *OVER))
-    assert manifest["sha256"] == {"state.pt": checkpoint.sha256_file(ckpt / "state.pt")}
+    assert manifest["sha256"] == {"state.pt": digest(ckpt / "state.pt")}
     state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)  # RNG states included
     assert state["step"] == 1 and isinstance(state["rng"]["numpy"][1], torch.Tensor)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import REPO, run_cli
 
-from bridgerl.config import ConfigError, check_paths, load_config
+from bridgerl.config import ConfigError, load_config
+from bridgerl.stages.resolve_config import check_paths
 
 
 def test_repo_params_and_presets_validate():

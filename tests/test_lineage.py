@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import make_cfg
 
+from bridgerl.core.io import digest
 from bridgerl.stages import register, train
-from bridgerl.tracking import lineage
 
 
 @pytest.fixture
@@ -48,12 +48,12 @@ def test_version_links_to_train_run_with_data_and_card(registered):
     inputs = {d.dataset.name: d for d in train_run.inputs.dataset_inputs}
     assert set(inputs) == {"rl_train", "rl_val", "demos"}
     rl_train = Path(cfg.data.out_dir) / "rl_train.jsonl"
-    assert inputs["rl_train"].dataset.digest == lineage.digest(rl_train)[:16]
+    assert inputs["rl_train"].dataset.digest == digest(rl_train)[:16]
     assert {t.value for t in inputs["demos"].tags if t.key == "mlflow.data.context"} == {"demos"}
 
     # the version carries the artifacts' own hashes (no dvc.lock here) and the train run id
-    assert mv.tags["data.prepared_data"] == lineage.digest(cfg.data.out_dir)
-    assert mv.tags["data.base_model"] == lineage.digest(cfg.model.out_dir)
+    assert mv.tags["data.prepared_data"] == digest(cfg.data.out_dir)
+    assert mv.tags["data.base_model"] == digest(cfg.model.out_dir)
     assert mv.tags["train_run_id"] == train_run.info.run_id
     assert "bridge" in mv.description and "embedded" in mv.description and "avg_accuracy = 0.2500" in mv.description
     assert "model card" in mlc.get_registered_model("lineage").description

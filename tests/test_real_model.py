@@ -75,8 +75,8 @@ def _chat_ids(tok, texts):
 
 
 def test_gguf_becomes_a_plain_checkpoint(smol):
+    from bridgerl.core.io import digest
     from bridgerl.model import source
-    from bridgerl.tracking import lineage
 
     d, info = smol["dir"], smol["info"]
     cfg = json.loads((d / "config.json").read_text())
@@ -85,7 +85,7 @@ def test_gguf_becomes_a_plain_checkpoint(smol):
     assert gen["eos_token_id"][:2] == [IM_END, ENDOFTEXT]
     assert (d / "chat_template.jinja").is_file() or "chat_template" in (d / "tokenizer_config.json").read_text()
     src = source.package_file(smol["cfg"].model.base)
-    assert info["source_sha256"] == lineage.digest(src) and info["dtype"] == "float32"
+    assert info["source_sha256"] == digest(src) and info["dtype"] == "float32"
     assert json.loads((d / "bridgerl_base.json").read_text())["source_sha256"] == info["source_sha256"]
 
 

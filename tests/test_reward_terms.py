@@ -193,7 +193,8 @@ def test_a_data_source_without_a_correctness_term_is_refused(rewards_file, tmp_p
 def test_a_module_beside_params_is_importable_and_its_file_is_a_dependency(rewards_file, tmp_path):
     """'module:function' for a module in the working directory; its file (as a .py path's) is in the slices of
     the stages that score, so editing it reruns them and only them."""
-    from bridgerl.stages.contracts import STAGES, fingerprint, local_files
+    from bridgerl.core.stage_table import STAGES
+    from bridgerl.stages.resolve_config import fingerprint, local_files
 
     by_module = make_cfg(tmp_path, _terms("{name: correct, function: by_data_source, correctness: true}",
                                           "{name: format, function: 'rewards:fmt'}"))

@@ -12,7 +12,10 @@ from conftest import REPO, make_cfg
 
 from bridgerl import config as C
 from bridgerl.codegen import files as generate
-from bridgerl.stages.contracts import STAGES, code_deps, fingerprint, import_closure, io_overrides, lookup
+from bridgerl.codegen.imports import code_deps, import_closure
+from bridgerl.core.keys import get as lookup
+from bridgerl.core.stage_table import STAGES
+from bridgerl.stages.resolve_config import fingerprint
 
 
 def test_generated_files_are_current():
@@ -175,7 +178,7 @@ def test_local_data_file_is_in_prepare_fingerprint(tmp_path, monkeypatch):
 
 def test_local_model_base_is_an_init_model_dependency(tmp_path, monkeypatch):
     """New weights at the same model.base path rerun init-model (and only it, of the stages before train)."""
-    from bridgerl.stages.contracts import local_files
+    from bridgerl.stages.resolve_config import local_files
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "m.gguf").write_bytes(b"GGUF one")
@@ -189,10 +192,10 @@ def test_local_model_base_is_an_init_model_dependency(tmp_path, monkeypatch):
 
 
 def test_io_overrides_by_artifact_name(tmp_path):
-    assert io_overrides(STAGES["train"], ["dataset=/a", "curve=/b.csv"]) == [
+    assert STAGES["train"].io_overrides(["dataset=/a", "curve=/b.csv"]) == [
         "data.out_dir=/a", "train.plots_file=/b.csv"]
     with pytest.raises(KeyError, match="no artifact 'nope'"):
-        io_overrides(STAGES["train"], ["nope=/x"])
+        STAGES["train"].io_overrides(["nope=/x"])
 
 
 def test_resolve_config_rejects_a_typo_and_writes_nothing(tmp_path):
@@ -231,11 +234,11 @@ def test_every_parameter_is_described():
 
 def test_a_changed_preset_reruns_exactly_the_stages_that_read_what_it_changed(tmp_path):
     """Presets are dependencies through the slices: editing a preset's training value changes only
-    train's fingerprint; the schema (config.py) is in every stage's code."""
+    train's fingerprint; the schema (config/) is in every stage's code."""
     preset = tmp_path / "mine.yaml"
     preset.write_text("train: {weight_decay: 0.01}\n")
     before = {n: fingerprint(make_cfg(tmp_path, f"preset={preset}"), s) for n, s in STAGES.items()}
     preset.write_text("train: {weight_decay: 0.02}\n")
     after = {n: fingerprint(make_cfg(tmp_path, f"preset={preset}"), s) for n, s in STAGES.items()}
     assert {n for n in STAGES if before[n] != after[n]} == {"train"}
-    assert all("src/bridgerl/config.py" in code_deps(s) for s in STAGES.values())
+    assert all(_covered("src/bridgerl/config/schema.py", code_deps(s)) for s in STAGES.values())

@@ -34,7 +34,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bridgerl.stages.contracts import STAGES
+    from bridgerl.core.stage_table import STAGES
 
     ap = argparse.ArgumentParser(prog="bridgerl", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -229,7 +229,8 @@ def _outputs(args, cfg) -> list[str]:
 
 def _check_args(args, cfg) -> None:
     """Arguments that would otherwise fail deep inside a stage."""
-    from bridgerl.config import METHODS, ConfigError
+    from bridgerl.config import ConfigError
+    from bridgerl.core.methods import METHODS
     from bridgerl.core.io import DataError
 
     c = args.command
@@ -273,18 +274,19 @@ def main(argv: list[str] | None = None) -> int:
     quiet.install()
     if args.command != "config":
         parent_watch.install(args.command)
-    from bridgerl.config import ConfigError, check_paths, load_config
+    from bridgerl.config import ConfigError, load_config
     from bridgerl.core import locks
     from bridgerl.core.io import DataError, require_writable
+    from bridgerl.stages.resolve_config import check_paths
     from bridgerl.tracking import registry
 
     try:
         overrides = list(args.overrides)
         if getattr(args, "io", None):
-            from bridgerl.stages.contracts import STAGES, io_overrides
+            from bridgerl.core.stage_table import STAGES
 
             try:
-                overrides += io_overrides(STAGES[args.command], args.io)
+                overrides += STAGES[args.command].io_overrides(args.io)
             except KeyError as e:
                 raise ConfigError(str(e.args[0])) from None
         cfg = load_config(args.params, overrides, args.preset)
@@ -321,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check_rewards(command: str, cfg) -> None:
     """A stage that scores loads every reward term's function first (rewards.terms.N.function names a bad one)."""
-    from bridgerl.stages.contracts import STAGES
+    from bridgerl.core.stage_table import STAGES
 
     if command in STAGES and "rewards" in STAGES[command].params:
         from bridgerl.rewards.terms import Scorer

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from bridgerl.config import Config
 from bridgerl.core.methods import METHODS
+from bridgerl.core.stage_table import DEMOS_FILE, RL_TRAIN
 
 AXES = {
     "wall_time_s": "training wall time (s)",
@@ -56,8 +57,8 @@ def token_means(cfg: Config) -> TokenMeans:
     def n(text: str) -> int:
         return len(tok(text, add_special_tokens=False)["input_ids"])
 
-    rl = read_jsonl(Path(cfg.data.out_dir) / "rl_train.jsonl")
-    demos = read_jsonl(Path(cfg.demos.out_dir) / "demos.jsonl")
+    rl = read_jsonl(Path(cfg.data.out_dir) / RL_TRAIN.name)
+    demos = read_jsonl(Path(cfg.demos.out_dir) / DEMOS_FILE.name)
     prompt = sum(n(render_prompt(r["problem"], tok, e.prompt_template, e.use_chat_template)) for r in rl) / max(1, len(rl))
     demo = sum(min(cfg.train.sft_max_tokens,
                    n(render_prompt(d["problem"], tok, e.prompt_template, e.use_chat_template)) + n(d["response"]) + 1)

@@ -224,13 +224,22 @@ def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict]:
     return rows
 
 
-def tree_digest(root: str | Path) -> str:
-    """sha256 over the relative paths and contents of every file under `root` (a model directory)."""
-    root = Path(root)
+def digest(path: str | Path) -> str:
+    """The one content hash: sha256 of a file, or of a directory's files (each file's path relative to the
+    directory, then its bytes, in sorted order). A model's hash (evaluate records it, register checks it),
+    lineage tags, checkpoint manifests and the stages' DVC fingerprints all use it."""
+    path = Path(path)
     h = hashlib.sha256()
-    for p in sorted(x for x in root.rglob("*") if x.is_file()):
-        h.update(str(p.relative_to(root)).encode() + b"\0")
-        with open(p, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
+    if not path.is_dir():
+        _hash_file(h, path)
+        return h.hexdigest()
+    for p in sorted(x for x in path.rglob("*") if x.is_file()):
+        h.update(str(p.relative_to(path)).encode() + b"\0")
+        _hash_file(h, p)
     return h.hexdigest()
+
+
+def _hash_file(h, path: Path) -> None:
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)

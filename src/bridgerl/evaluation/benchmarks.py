@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bridgerl.config import Config, SourceSpec
 from bridgerl.core.io import DataError, read_jsonl
+from bridgerl.core.stage_table import EVAL_SETS
 from bridgerl.data import sources
 
 
@@ -34,7 +35,7 @@ def load(cfg: Config, name: str, data: str | None = None) -> tuple[list[dict], s
     """(rows, origin) for benchmark `name`; rows keep their data_source tag ('math' when absent)."""
     if data:
         return load_file(data, name, data_source_of(cfg, name))
-    prepared = Path(cfg.data.out_dir) / "eval" / f"{name}.jsonl"
+    prepared = Path(cfg.data.out_dir) / EVAL_SETS.name / f"{name}.jsonl"
     if prepared.exists():
         rows = read_jsonl(prepared, required=("id", "problem", "answer"))
         for r in rows:

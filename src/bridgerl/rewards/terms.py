@@ -81,9 +81,12 @@ def load(ref: str, base: Path | None = None) -> Callable:
     default the working directory)."""
     if ref in BUILTINS:
         return BUILTINS[ref]
-    if ":" not in ref:
+    from bridgerl.config import split_ref
+
+    parsed = split_ref(ref)
+    if parsed is None:
         raise TermError(f"not a built-in ({', '.join(BUILTINS)}) nor 'module:function' / 'file.py:function'")
-    target, name = ref.rsplit(":", 1)
+    target, name = parsed
     if target.endswith(".py"):
         path = Path(target) if base is None or Path(target).is_absolute() else base / target
         if not path.is_file():
@@ -189,7 +192,7 @@ class _Term:
             from bridgerl.rewards.guard import GuardedCall
 
             ref = self.spec.function
-            target, name = ref.rsplit(":", 1)
+            target, name = self.spec.target()
             if target.endswith(".py"):  # the worker may start elsewhere: give it the absolute path
                 ref = f"{Path(target).resolve()}:{name}"
             self._pool = queue.Queue()

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from bridgerl.config import Config
 from bridgerl.core.io import DataError, atomic_dir, read_jsonl, write_json, write_jsonl
+from bridgerl.core.stage_table import DEMO_CARD, DEMO_CARD_MD, DEMOS_FILE, EVAL_SETS, RL_TRAIN
 from bridgerl.demos.filters import Decontaminator, filter_problems, filter_traces, length_stats
 from bridgerl.demos.journal import Journal, problem_sha
 from bridgerl.demos.teachers import load_traces, make_teacher
@@ -40,7 +41,7 @@ def journal_dir(cfg: Config) -> Path:
 
 
 def _benchmarks(cfg: Config) -> dict[str, list[str]]:
-    eval_dir = Path(cfg.data.out_dir) / "eval"
+    eval_dir = EVAL_SETS.at(cfg.data.out_dir)
     if not eval_dir.is_dir():
         raise DataError(f"{eval_dir}: not found; decontamination needs the prepared benchmarks "
                         f"(run `bridgerl prepare` first)")
@@ -112,7 +113,7 @@ def run(cfg: Config, progress: bool = True) -> dict:
     if d.source == "dataset":
         problems, traces = load_traces(d.dataset, d.response_field)
     else:
-        problems = read_jsonl(data_dir / "rl_train.jsonl", required=("id", "problem", "answer", "data_source"))
+        problems = read_jsonl(data_dir / RL_TRAIN.name, required=("id", "problem", "answer", "data_source"))
     problems = problems[: d.max_problems] if d.max_problems else problems
     scorer = Scorer.judging(cfg)  # which traces are correct: the correctness terms (rewards.terms)
     scorer.check_sources(problems, "the demonstration problems")
@@ -150,13 +151,13 @@ def run(cfg: Config, progress: bool = True) -> dict:
         "length": {"all_samples": length_stats(tf.lengths_all), "kept": length_stats(tf.lengths_kept)},
     }
     with atomic_dir(d.out_dir) as tmp:
-        write_jsonl(tmp / "demos.jsonl", tf.demos)
-        write_json(tmp / "demo_card.json", card)
-        (tmp / "demo_card.md").write_text(card_markdown(card))
+        write_jsonl(tmp / DEMOS_FILE.name, tf.demos)
+        write_json(tmp / DEMO_CARD.name, card)
+        (tmp / DEMO_CARD_MD.name).write_text(card_markdown(card))
     with stage_run(cfg, "build-demos") as mlf:
         mlf.log_metrics({f"demos_{k}": v for k, v in counts.items()} | {"demos_teacher_accuracy": card["teacher_accuracy"]})
-        mlf.log_artifact(str(Path(d.out_dir) / "demo_card.md"))
-        mlf.log_artifact(str(Path(d.out_dir) / "demo_card.json"))
+        mlf.log_artifact(str(Path(d.out_dir) / DEMO_CARD_MD.name))
+        mlf.log_artifact(str(Path(d.out_dir) / DEMO_CARD.name))
     return card
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from bridgerl.config import Config, ConfigError, apply_override, parse_override
 from bridgerl.core.io import read_json, write_json
 from bridgerl.core.methods import METHOD_NAMES, METHODS
+from bridgerl.core.stage_table import DEMOS_FILE, RL_TRAIN
 
 DEFAULT_SEEDS = [0, 1, 2, 3, 4]
 # the questions the report answers: BRIDGE against each of these, paired by seed (the three, and
@@ -139,11 +140,11 @@ def _ensure_inputs(cfg: Config, root: Path) -> None:
     key_file, key = root / "inputs.json", inputs_key(cfg)
     if key_file.exists() and read_json(key_file).get("inputs_key") != key:
         shutil.rmtree(root)
-    if not (Path(cfg.data.out_dir) / "rl_train.jsonl").exists():
+    if not (Path(cfg.data.out_dir) / RL_TRAIN.name).exists():
         prepare.run(cfg)
     if not (Path(cfg.model.out_dir) / "config.json").exists():
         init_model.run(cfg)
-    if not (Path(cfg.demos.out_dir) / "demos.jsonl").exists():
+    if not (Path(cfg.demos.out_dir) / DEMOS_FILE.name).exists():
         build_demos.run(cfg)
     write_json(key_file, {"inputs_key": key})
 

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bridgerl.config import Config
-from bridgerl.core.io import DataError, atomic_dir, read_json, tree_digest, write_json, write_jsonl
+from bridgerl.core.io import DataError, atomic_dir, digest, read_json, write_json, write_jsonl
 from bridgerl.evaluation import backends, benchmarks, predictions, scoring
 from bridgerl.model.prompts import render_prompt
 from bridgerl.rewards.terms import Scorer
@@ -80,7 +80,7 @@ def run(cfg: Config, model_dir: str | None = None, progress: bool = True) -> dic
         gen.close()  # the vLLM engine's processes
     summary = _summary(results, model=str(model_dir), backend=backend_name, max_new_tokens=e.max_new_tokens,
                        config_digest=cfg.digest(),
-                       model_sha256=tree_digest(model_dir) if Path(model_dir).is_dir() else None)
+                       model_sha256=digest(model_dir) if Path(model_dir).is_dir() else None)
     with atomic_dir(e.out_dir) as tmp:
         for name, items in per_item.items():
             write_jsonl(tmp / f"{name}.jsonl", items)

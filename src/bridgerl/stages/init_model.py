@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from bridgerl.config import Config
-from bridgerl.core.io import atomic_dir, write_json
+from bridgerl.core.io import atomic_dir, digest, write_json
+from bridgerl.core.stage_table import BASE_RECORD
 from bridgerl.tracking.runs import stage_run
 
 
@@ -29,7 +30,7 @@ def run(cfg: Config) -> dict:
         else:
             info = _convert(cfg, tmp)
         info.update(base=cfg.model.base, revision=cfg.model.revision)
-        write_json(tmp / "bridgerl_base.json", info)
+        write_json(tmp / BASE_RECORD.name, info)
     with stage_run(cfg, "init-model") as mlf:
         mlf.log_metrics({k: float(v) for k, v in info.items() if isinstance(v, (int, float))})
     return info
@@ -38,7 +39,6 @@ def run(cfg: Config) -> dict:
 def _convert(cfg: Config, tmp: Path) -> dict:
     from bridgerl.model import source
     from bridgerl.model.loading import load_model, load_tokenizer, resolve_dtype
-    from bridgerl.tracking import lineage
 
     src = source.resolve(cfg.model)
     if src.gguf_file:
@@ -60,5 +60,5 @@ def _convert(cfg: Config, tmp: Path) -> dict:
             "eos_token_ids": eos, "chat_template": bool(getattr(tok, "chat_template", None))}
     local = source.local_path(cfg.model)
     if local is not None and local.is_file():
-        info.update(source_file=str(local), source_sha256=lineage.digest(local))
+        info.update(source_file=str(local), source_sha256=digest(local))
     return info

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from bridgerl.config import Config
 from bridgerl.core.io import DataError, atomic_dir, write_json, write_jsonl
+from bridgerl.core.stage_table import DATA_CARD, DATA_CARD_MD, EVAL_SETS, RL_TRAIN, RL_VAL
 from bridgerl.data import sources
 from bridgerl.tasks import synthetic
 from bridgerl.tracking.runs import stage_run
@@ -124,15 +125,15 @@ def run(cfg: Config) -> dict:
         "eval": eval_card,
     }
     with atomic_dir(out_dir) as tmp:
-        write_jsonl(tmp / "rl_train.jsonl", train)
-        write_jsonl(tmp / "rl_val.jsonl", val)
-        (tmp / "eval").mkdir()
+        write_jsonl(tmp / RL_TRAIN.name, train)
+        write_jsonl(tmp / RL_VAL.name, val)
+        (tmp / EVAL_SETS.name).mkdir()
         for name, rows in eval_sets.items():
-            write_jsonl(tmp / "eval" / f"{name}.jsonl", rows)
-        write_json(tmp / "data_card.json", card)
-        (tmp / "data_card.md").write_text(_card_md(card))
+            write_jsonl(tmp / EVAL_SETS.name / f"{name}.jsonl", rows)
+        write_json(tmp / DATA_CARD.name, card)
+        (tmp / DATA_CARD_MD.name).write_text(_card_md(card))
     with stage_run(cfg, "prepare") as mlf:
         mlf.log_metrics({f"rl_{k}": v for k, v in steps.items()})
         mlf.log_metrics({f"eval_{k}_n": v["n"] for k, v in eval_card.items()})
-        mlf.log_artifact(str(out_dir / "data_card.md"))
+        mlf.log_artifact(str(out_dir / DATA_CARD_MD.name))
     return card

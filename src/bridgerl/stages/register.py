@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 from bridgerl.config import Config, ConfigError
-from bridgerl.core.io import DataError, read_json, tree_digest, write_json
+from bridgerl.core.io import DataError, digest, read_json, write_json
 from bridgerl.tracking import lineage, registry
 from bridgerl.tracking.runs import git_commit, stage_run, tracking_uri
 
@@ -94,7 +94,7 @@ def provenance(cfg: Config, metrics: dict[str, float]) -> dict[str, str]:
     return {k: str(v) for k, v in tags.items()}
 
 
-model_digest = tree_digest  # the model's content hash, also recorded by `bridgerl evaluate`
+model_digest = digest  # the model's content hash, also recorded by `bridgerl evaluate`
 
 
 def check_evaluated(cfg: Config, model_dir: Path, digest: str) -> None:

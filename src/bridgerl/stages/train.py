@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from bridgerl.config import Config
 from bridgerl.core.io import atomic_dir, atomic_file, write_json
+from bridgerl.core.stage_table import BASE_RECORD
 from bridgerl.tracking.runs import stage_run
 from bridgerl.train import checkpoint, parallel
 from bridgerl.train.models import export
@@ -77,7 +78,7 @@ def toy_defaults_on_a_real_model(cfg: Config) -> list[str]:
     """A pretrained model trained at the embedded toy's defaults (its learning rates break a real model's chat
     within a few iterations; its 64-token budget truncates nearly every answer): one line naming the keys.
     The base model's own record (init-model's bridgerl_base.json, an input of this stage) says what it is."""
-    record = Path(cfg.model.out_dir) / "bridgerl_base.json"
+    record = Path(cfg.model.out_dir) / BASE_RECORD.name
     base = json.loads(record.read_text()).get("base", "embedded") if record.is_file() else "embedded"
     if base == "embedded":
         return []

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bridgerl.config import Config, ConfigError
 from bridgerl.core.io import DataError, iter_jsonl
+from bridgerl.core.stage_table import RL_TRAIN
 
 
 def _module_names(model_dir: Path) -> list[str]:
@@ -80,7 +81,7 @@ def check(cfg: Config, resume: bool = False, run: str | None = None) -> None:
                         f"run `bridgerl init-model` first")
     check_lora_targets(cfg, model_dir)
     if METHODS[cfg.train.method].rl:
-        rl = Path(cfg.data.out_dir) / "rl_train.jsonl"
+        rl = Path(cfg.data.out_dir) / RL_TRAIN.name
         n = sum(1 for _ in iter_jsonl(rl, what="RL training set (run `bridgerl prepare` first)"))
         if cfg.train.prompt_batch > n:
             raise ConfigError(f"train.prompt_batch = {cfg.train.prompt_batch} is larger than the RL training set "

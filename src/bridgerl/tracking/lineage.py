@@ -1,7 +1,7 @@
 """Lineage in MLflow from the artifacts' own content hashes (no dvc.lock needed, so it works the same
 under `dvc repro` and under Kubeflow).
 
-- `digest(path)`: sha256 of a file, or of a directory (relative paths and contents of every file).
+- Hashes are `core.io.digest` (sha256 of a file, or of a directory's relative paths and contents).
 - Each stage run logs the data files it reads as MLflow dataset inputs (`mlflow.log_input`, a
   `MetaDataset` whose digest is the file's sha256; context training / validation / demos /
   evaluation) and the sha256 of every input and output directory as tags `bridgerl.input.<key>` /
@@ -12,12 +12,13 @@ under `dvc repro` and under Kubeflow).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
 from bridgerl.config import Config
-from bridgerl.core.io import tree_digest
+from bridgerl.core import keys
+from bridgerl.core.io import digest
+from bridgerl.core.stage_table import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -26,56 +27,28 @@ OUTPUT_TAG = "bridgerl.output."
 PARENT_TAG = "data."
 
 
-def digest(path: str | Path) -> str:
-    """sha256 of a file, or of a directory's relative paths and contents (`io.tree_digest`, the model hash
-    `evaluate` records and `register` checks)."""
-    path = Path(path)
-    if path.is_dir():
-        return tree_digest(path)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-# lineage key of each directory the pipeline passes between stages, by the configuration key holding it;
-# which stage reads and writes which comes from the stage table (bridgerl.stages.contracts)
-LINEAGE_KEYS = {"data.out_dir": "prepared_data", "demos.out_dir": "demos", "model.out_dir": "base_model",
-                "train.out_dir": "trained_model", "eval.out_dir": "eval_outputs"}
-
-
 def stage_artifacts(stage: str) -> tuple[dict[str, str], dict[str, str]]:
-    """(lineage key → config key) of the directories `stage` reads and of those it writes."""
-    from bridgerl.stages.contracts import STAGES
-
+    """(lineage key → config key) of the directories `stage` reads and of those it writes (the stage table)."""
     s = STAGES.get(stage)
-    if s is None:
-        return {}, {}
-    pick = lambda ios: {LINEAGE_KEYS[x.key]: x.key for x in ios if x.key in LINEAGE_KEYS}  # noqa: E731
-    return pick(s.inputs), pick(s.outputs)
+    return s.lineage() if s is not None else ({}, {})
 
 
 def _path(cfg: Config, key: str) -> Path:
-    from bridgerl.stages.contracts import lookup_attr
-
-    return Path(lookup_attr(cfg, key))
+    return Path(keys.get_attr(cfg, key))
 
 
 def datasets(cfg: Config, stage: str) -> list[tuple[Path, str]]:
-    """(file, context) of the data files a stage reads, for `mlflow.log_input`."""
-    if stage not in ("train", "build-demos", "evaluate"):  # (reads only the paths this stage's contract has)
+    """(file, context) of the data files a stage reads (`Stage.reads` in the stage table), for `mlflow.log_input`;
+    a folder stands for its `*.jsonl` files."""
+    s = STAGES.get(stage)
+    if s is None:
         return []
-    data = Path(cfg.data.out_dir)
-    if stage == "train":
-        demos = Path(cfg.demos.out_dir)
-        files = [(data / "rl_train.jsonl", "training"), (data / "rl_val.jsonl", "validation"),
-                 (demos / "demos.jsonl", "demos")]
-    elif stage == "build-demos":
-        files = [(data / "rl_train.jsonl", "training")]
-    else:
-        files = [(p, "evaluation") for p in sorted((data / "eval").glob("*.jsonl"))]
-    return [(p, ctx) for p, ctx in files if p.is_file()]
+    out = []
+    for f in s.reads:
+        [where] = [x.key for x in s.inputs if x.dir is not None and f in x.dir.files]
+        p = f.at(keys.get_attr(cfg, where))
+        out += [(q, f.context) for q in sorted(p.glob("*.jsonl"))] if p.is_dir() else [(p, f.context)]
+    return [(p, ctx) for p, ctx in out if p.is_file()]
 
 
 def log_inputs(mlflow, cfg: Config, stage: str) -> dict[str, str]:

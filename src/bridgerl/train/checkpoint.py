@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from bridgerl.config import Config
-from bridgerl.core.io import DataError, atomic_dir, read_json, write_json, writing
+from bridgerl.core.io import DataError, atomic_dir, digest, read_json, write_json, writing
 
 STATE_FILE = "state.pt"
 MANIFEST_FILE = "manifest.json"
@@ -42,20 +42,12 @@ def resume_key(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_manifest(ckpt: str | Path, key: str, step: int, name: str = MANIFEST_FILE, **extra) -> None:
     """`name` (manifest.json) in checkpoint directory `ckpt`, written atomically: the sha256 of each file
     in it, the resume key, the step and `extra`."""
     ckpt = Path(ckpt)
     files = sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name != name)
-    sums = {str(p.relative_to(ckpt)): sha256_file(p) for p in files}
+    sums = {str(p.relative_to(ckpt)): digest(p) for p in files}
     write_json(ckpt / name, {**extra, "resume_key": key, "step": step, "sha256": sums})
 
 
@@ -75,7 +67,7 @@ def verify(ckpt: str | Path, name: str = MANIFEST_FILE) -> dict:
         p = ckpt / rel
         if not p.is_file():
             raise CheckpointError(f"{p}: missing (listed in {man})")
-        if sha256_file(p) != want:
+        if digest(p) != want:
             raise CheckpointError(f"{p}: sha256 does not match {man} (truncated or corrupted)")
     return manifest
 

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from bridgerl.config import Config, ConfigError
 from bridgerl.core.methods import METHODS
+from bridgerl.core.stage_table import BASE_RECORD
 
 GB = 1024**3
 RESERVE_GB = 3.0  # CUDA context + NCCL + allocator fragmentation + DeepSpeed buckets (estimate)
@@ -68,7 +69,7 @@ def model_config(cfg: Config):
     if cfg.model.base and (Path(cfg.model.base) / "config.json").is_file():  # a local model directory
         return AutoConfig.from_pretrained(cfg.model.base)
     out = Path(cfg.model.out_dir)
-    record = out / "bridgerl_base.json"  # init-model's record: model.out_dir may hold another base model
+    record = out / BASE_RECORD.name  # init-model's record: model.out_dir may hold another base model
     if (out / "config.json").is_file() and record.is_file() and json.loads(record.read_text()).get("base") == cfg.model.base:
         return AutoConfig.from_pretrained(out)
     base = cfg.model.base.removesuffix("-Instruct")

@@ -25,6 +25,7 @@ import torch
 from bridgerl.config import Config
 from bridgerl.core.io import read_jsonl, write_jsonl
 from bridgerl.core.methods import METHODS
+from bridgerl.core.stage_table import DEMOS_FILE, RL_TRAIN, RL_VAL
 from bridgerl.model.prompts import render_prompt
 from bridgerl.rewards.terms import Scorer, finish_metrics
 from bridgerl.rollout.generation import Generated
@@ -414,16 +415,16 @@ def load_inputs(cfg: Config) -> tuple[list[dict], list[dict], list[dict]]:
     """The RL prompts, demonstrations and validation problems the method uses."""
     data = Path(cfg.data.out_dir)
     spec = METHODS[cfg.train.method]
-    rl = read_jsonl(data / "rl_train.jsonl", required=("id", "problem", "answer", "data_source")) if spec.rl else []
-    val = read_jsonl(data / "rl_val.jsonl", required=("id", "problem", "answer", "data_source")) \
-        if (data / "rl_val.jsonl").exists() else []
-    demos = read_jsonl(Path(cfg.demos.out_dir) / "demos.jsonl", required=("id", "problem", "response")) \
+    rl = read_jsonl(data / RL_TRAIN.name, required=("id", "problem", "answer", "data_source")) if spec.rl else []
+    val = read_jsonl(data / RL_VAL.name, required=("id", "problem", "answer", "data_source")) \
+        if (data / RL_VAL.name).exists() else []
+    demos = read_jsonl(Path(cfg.demos.out_dir) / DEMOS_FILE.name, required=("id", "problem", "response")) \
         if spec.sft else []
     if spec.sft and not demos:
         raise ValueError(f"train.method = {cfg.train.method!r} needs SFT demonstrations, but "
-                         f"{cfg.demos.out_dir}/demos.jsonl is empty")
+                         f"{cfg.demos.out_dir}/{DEMOS_FILE.name} is empty")
     with Scorer.from_config(cfg) as scorer:  # every data source it scores has a correctness term
-        scorer.check_sources(rl + val, f"{data}/rl_train.jsonl, rl_val.jsonl")
+        scorer.check_sources(rl + val, f"{data}/{RL_TRAIN.name}, {RL_VAL.name}")
     return rl, demos, val
 
 
