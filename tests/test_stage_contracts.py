@@ -13,6 +13,7 @@ from conftest import REPO, make_cfg
 from bridgerl import config as C
 from bridgerl.codegen import files as generate
 from bridgerl.codegen.imports import code_deps, import_closure
+from bridgerl.config.base import _Section
 from bridgerl.core.keys import get as lookup
 from bridgerl.core.stage_table import STAGES
 from bridgerl.stages.resolve_config import fingerprint
@@ -86,7 +87,7 @@ class _Recorder:
         self._walk(cfg, "")
 
     def _walk(self, obj, path):
-        if isinstance(obj, C._Section):
+        if isinstance(obj, _Section):
             self.paths[id(obj)] = path
             for k in type(obj).model_fields:
                 self._walk(object.__getattribute__(obj, k), f"{path}.{k}" if path else k)
@@ -98,7 +99,7 @@ class _Recorder:
                 self._walk(x, path)
 
     def __enter__(self):
-        orig = self._orig = C._Section.__getattribute__
+        orig = self._orig = _Section.__getattribute__
         rec = self
 
         def getattribute(obj, name):
@@ -108,11 +109,11 @@ class _Recorder:
                 rec.seen.add(f"{p}.{name}" if p else name)
             return value
 
-        C._Section.__getattribute__ = getattribute
+        _Section.__getattribute__ = getattribute
         return self
 
     def __exit__(self, *exc):
-        C._Section.__getattribute__ = self._orig
+        _Section.__getattribute__ = self._orig
 
 
 @pytest.mark.slow
@@ -219,7 +220,7 @@ def test_every_parameter_is_described():
 
     missing = []
     for name, cls in vars(C).items():
-        if isinstance(cls, type) and issubclass(cls, C._Section) and cls is not C._Section:
+        if isinstance(cls, type) and issubclass(cls, _Section) and cls is not _Section:
             for k, f in cls.model_fields.items():
                 nested = isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
                 if not nested and not (f.description or "").strip():

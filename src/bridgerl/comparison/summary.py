@@ -22,6 +22,12 @@ def _iv(i: stats.Interval) -> dict:
     return {k: _num(v) for k, v in asdict(i).items()}
 
 
+# the questions the report answers: BRIDGE against each of these, paired by seed (the issue's three, and
+# alternating, the strongest baseline on the headroom task; bridge_single_level: the upper level's own worth)
+KEY_COMPARISONS = [("bridge", "cold_start"), ("bridge", "bridge_frozen_w"), ("bridge", "mixed"),
+                   ("bridge", "alternating"), ("bridge", "bridge_single_level")]
+
+
 def _avg_acc(run: dict) -> float:
     return statistics.fmean(run["accuracy"].values())
 
@@ -30,8 +36,6 @@ def pairs_for(results: dict) -> list[tuple[str, str]]:
     """BRIDGE against the key baselines (KEY_COMPARISONS); each sweep arm against its method; and a key
     comparison between two sweep arms with the same overrides (e.g. BRIDGE and its single-level ablation, both
     at lr_w = 1e-4)."""
-    from bridgerl.stages.compare import KEY_COMPARISONS
-
     out = [(a, b) for a, b in KEY_COMPARISONS if a in results and b in results]
     for label, r in results.items():
         if r["overrides"] and r["method"] in results:

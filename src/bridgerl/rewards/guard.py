@@ -38,13 +38,13 @@ def _on_alarm(signum, frame):
 
 def serve(fn_path: str) -> None:
     """Worker loop: read {"args", "timeout_s"} lines, answer {"result"[, "error"]} lines, until EOF.
-    `fn_path` is 'package.module:function' or 'path/to/file.py:function' (`bridgerl.rewards.terms.load`)."""
-    from bridgerl.rewards.terms import load
+    `fn_path` is 'package.module:function' or 'path/to/file.py:function' (`bridgerl.rewards.refs.load_ref`)."""
+    from bridgerl.rewards.refs import load_ref
 
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything a library prints goes to stderr, never into the protocol
     sys.stdout = sys.stderr
-    fn = load(fn_path)
+    fn = load_ref(fn_path)
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout disabled" notices: we time items here
     signal.signal(signal.SIGALRM, _on_alarm)
     proto.write('{"ready": true}\n')

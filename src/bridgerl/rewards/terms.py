@@ -25,13 +25,10 @@ Metrics per step: `reward/<name>` (the mean raw value over the rollouts it appli
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 import logging
 import math
 import queue
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +36,7 @@ from typing import Callable, Sequence
 
 from bridgerl.rewards import is_correct
 from bridgerl.rewards.extract import extract_answer, last_boxed
+from bridgerl.rewards.refs import TermError, load_ref
 
 log = logging.getLogger(__name__)
 
@@ -72,52 +70,11 @@ BUILTINS: dict[str, Callable] = {"by_data_source": _by_data_source, "math": _mat
                                  "boxed": _boxed}
 
 
-class TermError(ValueError):
-    """A term's function cannot be used; the message says why (the caller names the key)."""
-
-
 def load(ref: str, base: Path | None = None) -> Callable:
-    """The function `ref` names: 'package.module:function' or 'path/to/file.py:function' (relative to `base`,
-    default the working directory)."""
+    """The function a term names: a built-in (`BUILTINS`), else a user's reference (`refs.load_ref`)."""
     if ref in BUILTINS:
         return BUILTINS[ref]
-    from bridgerl.config import split_ref
-
-    parsed = split_ref(ref)
-    if parsed is None:
-        raise TermError(f"not a built-in ({', '.join(BUILTINS)}) nor 'module:function' / 'file.py:function'")
-    target, name = parsed
-    if target.endswith(".py"):
-        path = Path(target) if base is None or Path(target).is_absolute() else base / target
-        if not path.is_file():
-            raise TermError(f"file not found: {path}")
-        mod_name = f"bridgerl_user_reward_{abs(hash(str(path.resolve())))}"
-        module = sys.modules.get(mod_name)  # loaded once per process, as an imported module is
-        if module is None:
-            spec = importlib.util.spec_from_file_location(mod_name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[mod_name] = module
-            try:
-                spec.loader.exec_module(module)
-            except Exception as e:
-                sys.modules.pop(mod_name, None)
-                raise TermError(f"{path} failed to import: {type(e).__name__}: {e}") from e
-    else:
-        here = str(Path.cwd())
-        if here not in sys.path:  # a module beside params.yaml (the console script's path does not hold it)
-            sys.path.append(here)
-        try:
-            module = importlib.import_module(target)
-        except ImportError as e:
-            raise TermError(f"module {target!r} not importable: {e}") from e
-        except Exception as e:
-            raise TermError(f"module {target!r} failed to import: {type(e).__name__}: {e}") from e
-    fn = getattr(module, name, None)
-    if fn is None:
-        raise TermError(f"{target} has no function {name!r}")
-    if not callable(fn):
-        raise TermError(f"{target}:{name} is a {type(fn).__name__}, not a function")
-    return fn
+    return load_ref(ref, base, tuple(BUILTINS))
 
 
 def is_batched(fn: Callable, declared: bool | None) -> bool:

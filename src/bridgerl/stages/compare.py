@@ -32,10 +32,6 @@ from bridgerl.core.methods import METHOD_NAMES, METHODS
 from bridgerl.core.stage_table import DEMOS_FILE, RL_TRAIN
 
 DEFAULT_SEEDS = [0, 1, 2, 3, 4]
-# the questions the report answers: BRIDGE against each of these, paired by seed (the three, and
-# alternating, the strongest baseline on the headroom task; bridge_single_level: the upper level's own worth)
-KEY_COMPARISONS = [("bridge", "cold_start"), ("bridge", "bridge_frozen_w"), ("bridge", "mixed"),
-                   ("bridge", "alternating"), ("bridge", "bridge_single_level")]
 
 
 @dataclass(frozen=True)

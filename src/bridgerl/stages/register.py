@@ -39,7 +39,7 @@ from typing import Callable
 
 from bridgerl.config import Config, ConfigError
 from bridgerl.core.io import DataError, digest, read_json, write_json
-from bridgerl.tracking import lineage, registry
+from bridgerl.tracking import client, lineage, registry
 from bridgerl.tracking.runs import git_commit, stage_run, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -246,7 +246,7 @@ def _log_and_register(cfg: Config, mlc, model_dir: Path, metrics: dict, tags: di
 
 
 def _experiments(cfg: Config, mlc) -> list[str]:
-    exp = registry.call(cfg, f"read experiment {cfg.tracking.experiment}", mlc.get_experiment_by_name,
+    exp = client.call(cfg, f"read experiment {cfg.tracking.experiment}", mlc.get_experiment_by_name,
                         cfg.tracking.experiment)
     return [exp.experiment_id] if exp else []
 
@@ -258,10 +258,10 @@ def repair(cfg: Config) -> dict:
     if not cfg.tracking.enabled:
         raise ConfigError("tracking.enabled = False: `bridgerl register --repair` needs MLflow")
     name = cfg.registry.model_name
-    with registry.http_settings(cfg):
-        mlc = registry.client(cfg)
-        found = registry.call(cfg, f"list versions of {name}", mlc.search_model_versions,
-                              f"name = '{registry._q(name)}'")
+    with client.http_settings(cfg):
+        mlc = client.connect(cfg)
+        found = client.call(cfg, f"list versions of {name}", mlc.search_model_versions,
+                              f"name = '{client.quote(name)}'")
         keys = sorted({mv.tags[registry.KEY_TAG] for mv in found if registry.KEY_TAG in mv.tags})
         deleted: list[str] = []
         for key in keys:
@@ -302,23 +302,23 @@ def run(cfg: Config, model_dir: str | None = None, on_registered: Callable | Non
     check_evaluated(cfg, model_dir, digest)
     metrics = eval_metrics(cfg)
     tags = {**provenance(cfg, metrics), "model_sha256": digest}
-    with registry.http_settings(cfg):
-        train_run = registry.call(cfg, "find the train run of this model", _train_run, cfg, registry.client(cfg),
+    with client.http_settings(cfg):
+        train_run = client.call(cfg, "find the train run of this model", _train_run, cfg, client.connect(cfg),
                                   model_dir, digest)
     tags.update(lineage_tags(train_run))
     # same model + same evaluation = same registration (a rerun finds its version, whatever else changed)
     key = hashlib.sha256(json.dumps({"model": digest, "metrics": metrics}, sort_keys=True).encode()).hexdigest()[:32]
     name = cfg.registry.model_name
-    with registry.http_settings(cfg):
-        mlc = registry.client(cfg)
-        registry.call(cfg, "reach the tracking server", mlc.search_experiments, max_results=1)
-        mv = registry.call(cfg, "look up this registration", registry.find_version, mlc, name, key)
+    with client.http_settings(cfg):
+        mlc = client.connect(cfg)
+        client.call(cfg, "reach the tracking server", mlc.search_experiments, max_results=1)
+        mv = client.call(cfg, "look up this registration", registry.find_version, mlc, name, key)
         resumed = mv is not None
         if resumed:
             log.warning("version %s of %s already holds this registration (%s=%s); completing it", mv.version, name,
                         registry.STATE_TAG, mv.tags.get(registry.STATE_TAG))
         else:
-            mv = registry.call(cfg, f"log and register the model as {name}",
+            mv = client.call(cfg, f"log and register the model as {name}",
                                lambda: registry.find_version(mlc, name, key)
                                or _log_and_register(cfg, mlc, model_dir, metrics, tags, key, train_run))
         if on_registered is not None:
@@ -328,7 +328,7 @@ def run(cfg: Config, model_dir: str | None = None, on_registered: Callable | Non
         mv = registry.complete_version(cfg, mlc, mv, tags)
         deleted = duplicates + registry.clean_stale(cfg, mlc, mv.version)
         repaired = registry.clean_abandoned(cfg, mlc, _experiments(cfg, mlc))
-        rm = registry.call(cfg, f"read registered model {name}", mlc.get_registered_model, name)
+        rm = client.call(cfg, f"read registered model {name}", mlc.get_registered_model, name)
     version = str(mv.version)
     result = {"name": name, "registered": True, "version": version, "run_id": mv.run_id,
               "model_uri": f"models:/{name}/{version}",

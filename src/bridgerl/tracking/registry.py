@@ -3,11 +3,7 @@
 Owns everything `bridgerl register | promote | rollback` does to the registered model
 `registry.model_name` (MLflow 3 aliases, never stages):
 
-- Retries. Every registry call goes through `call()`: a tracking server that is down, slow or
-  answering 5xx/429 is retried `registry.max_retries` times with exponential backoff from
-  `registry.backoff_s`, each HTTP request bounded by `registry.timeout_s`; then `RegistryUnavailable`
-  names the server and the settings. MLflow's own HTTP retries are switched off meanwhile
-  (`http_settings`) so these keys are the whole budget.
+- Retries. Every registry call goes through `client.call()` (bounded retries, bridgerl.tracking.client).
 - Registration state. A version is created with all its provenance tags plus
   `bridgerl.registration_key` (a hash of the model's files and its evaluation metrics: the same
   model with the same evaluation is the same registration, whatever else changed) and `bridgerl.state=pending`;
@@ -31,21 +27,19 @@ Owns everything `bridgerl register | promote | rollback` does to the registered 
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import json
 import logging
 import math
 import os
-import re
 import socket
-import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from bridgerl.config import Config
-from bridgerl.tracking.runs import init_local_store, tracking_uri
+from bridgerl.tracking.client import RegistryError, RegistryUnavailable, call, connect, http_settings, not_found, quote
+from bridgerl.tracking.runs import tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +52,6 @@ STATE_TAG = "bridgerl.state"
 PENDING, COMPLETE = "pending", "complete"
 HISTORY_PREFIX = "bridgerl.history."
 METRIC_TAG_PREFIX = "metric."
-_TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
-
-
-class RegistryError(RuntimeError):
-    """The registry refused or could not do an operation; the message says which and why."""
-
-
-class RegistryUnavailable(RegistryError):
-    """The tracking server did not answer within the configured retries."""
 
 
 class PromotionRefused(RegistryError):
@@ -78,152 +63,11 @@ class PromotionRefused(RegistryError):
 
 
 # --------------------------------------------------------------------------------------------
-# client and retries
-# --------------------------------------------------------------------------------------------
-def client(cfg: Config):
-    from mlflow import MlflowClient
-
-    init_local_store(cfg)
-    uri = tracking_uri(cfg)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-_http_lock = threading.Lock()
-_http_depth = 0
-_http_saved: dict[str, str | None] = {}
-
-
-@contextlib.contextmanager
-def http_settings(cfg: Config) -> Iterator[None]:
-    """Turn MLflow's internal HTTP retries off and bound each request by registry.timeout_s.
-
-    MLflow reads these from the environment at each request; nested or concurrent uses (threads)
-    share them and the previous values come back when the last one exits.
-    """
-    global _http_depth
-    want = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
-            "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(cfg.registry.timeout_s)}
-    with _http_lock:
-        if _http_depth == 0:
-            _http_saved.clear()
-            _http_saved.update({k: os.environ.get(k) for k in want})
-        _http_depth += 1
-        os.environ.update(want)
-    try:
-        yield
-    finally:
-        with _http_lock:
-            _http_depth -= 1
-            if _http_depth == 0:
-                for k, v in _http_saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
-
-
-def is_transient(e: BaseException) -> bool:
-    """Server down, slow, or answering 408/429/5xx (as opposed to a request the server rejected)."""
-    import requests
-    from mlflow.exceptions import MlflowException, RestException
-
-    if isinstance(e, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
-        return True
-    if isinstance(e, requests.HTTPError) and e.response is not None:
-        return e.response.status_code in _TRANSIENT_STATUS
-    if isinstance(e, RestException):  # an error the server answered with
-        # two writers racing on the server's database (e.g. two alias updates on SQLite) lose with
-        # an integrity/lock error: the write is idempotent, so it is retried like a 5xx
-        if re.search(r"UNIQUE constraint failed|database is locked|IntegrityError|deadlock", str(e.message)):
-            return True
-        return e.get_http_status_code() in _TRANSIENT_STATUS
-    if isinstance(e, MlflowException):
-        msg = str(e.message)
-        if re.search(r"API request to .* failed with (timeout )?exception", msg):  # no answer at all
-            return True
-        m = re.search(r"failed with error code (\d{3})", msg)  # a non-JSON error page
-        return bool(m and int(m.group(1)) in _TRANSIENT_STATUS)
-    cause = e.__cause__ or e.__context__
-    return cause is not None and cause is not e and is_transient(cause)
-
-
-def _short(e: BaseException, limit: int = 300) -> str:
-    s = f"{type(e).__name__}: {getattr(e, 'message', None) or e}"
-    return s if len(s) <= limit else s[:limit] + "..."
-
-
-def _why(e: BaseException, timeout_s: int) -> str:
-    """What the server did, in words: timed out, refused the connection, or answered with an error."""
-    import requests
-    from mlflow.exceptions import RestException
-
-    if isinstance(e, RestException):
-        return f"answered HTTP {e.get_http_status_code()} {e.error_code}"
-    if isinstance(e, requests.HTTPError) and e.response is not None:
-        return f"answered HTTP {e.response.status_code}"
-    text = f"{e!r} {getattr(e, 'message', '')}"
-    if "Timeout" in text or "timed out" in text:
-        return f"no answer within registry.timeout_s={timeout_s}s"
-    if "Connection refused" in text or "NewConnectionError" in text:
-        return "connection refused"
-    m = re.search(r"error code (\d{3})", text)
-    return f"answered HTTP {m.group(1)}" if m else "request failed"
-
-
-def call(cfg: Config, what: str, fn: Callable, *args, **kwargs) -> Any:
-    """fn(*args, **kwargs) with bounded retries on transient failures; clear errors otherwise."""
-    from mlflow.exceptions import MlflowException
-
-    r = cfg.registry
-    attempts = r.max_retries + 1
-    for i in range(attempts):
-        try:
-            return fn(*args, **kwargs)
-        except RegistryError:
-            raise
-        except Exception as e:  # noqa: BLE001 - classified below
-            if not is_transient(e):
-                if isinstance(e, MlflowException):
-                    raise RegistryError(f"{what}: {e.message}") from e
-                raise
-            if i == attempts - 1:
-                raise RegistryUnavailable(
-                    f"MLflow tracking server {tracking_uri(cfg)} is unavailable ({_why(e, r.timeout_s)}): could not "
-                    f"{what} after {attempts} attempt(s) (registry.max_retries={r.max_retries}, "
-                    f"registry.backoff_s={r.backoff_s}). Last error: {_short(e)}. Check that the server is up and "
-                    f"that tracking.uri / $MLFLOW_TRACKING_URI point at it; rerunning the command completes an "
-                    f"interrupted registration.") from e
-            delay = r.backoff_s * 2 ** i
-            log.warning("could not %s: %s; retry %d/%d in %.1fs", what, _why(e, r.timeout_s), i + 1, r.max_retries,
-                        delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
-
-
-def ensure_reachable(cfg: Config) -> None:
-    """Fail fast, before a stage writes anything, when the tracking server does not answer: the same
-    bounded retries and one-line error as every registry call. Local stores (sqlite, files) need nothing."""
-    if not cfg.tracking.enabled or not tracking_uri(cfg).startswith(("http://", "https://")):
-        return
-    with http_settings(cfg):
-        call(cfg, "reach the tracking server", client(cfg).search_experiments, max_results=1)
-
-
-def _not_found(e: BaseException) -> bool:
-    code = getattr(e.__cause__, "error_code", None) or getattr(e, "error_code", None)
-    return code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
-
-
-# --------------------------------------------------------------------------------------------
 # registration bookkeeping
 # --------------------------------------------------------------------------------------------
-def _q(value: str) -> str:
-    return value.replace("'", "\\'")
-
-
 def find_versions(mlc, name: str, key: str) -> list:
     """The versions of `name` created by the registration `key`, lowest number first."""
-    found = mlc.search_model_versions(f"name = '{_q(name)}' and tags.`{KEY_TAG}` = '{_q(key)}'")
+    found = mlc.search_model_versions(f"name = '{quote(name)}' and tags.`{KEY_TAG}` = '{quote(key)}'")
     return sorted(found, key=lambda v: int(v.version))
 
 
@@ -248,7 +92,7 @@ def _gone(fn: Callable, *args) -> None:
     try:
         fn(*args)
     except Exception as e:  # noqa: BLE001 - only "not found" is expected; anything else is raised
-        if not _not_found(e):
+        if not not_found(e):
             raise
 
 
@@ -321,7 +165,7 @@ def clean_abandoned(cfg: Config, mlc, experiment_ids: list[str]) -> dict:
     Returns {"killed_runs": [...], "deleted_models": [...]}."""
     name = cfg.registry.model_name
     cutoff_ms = (time.time() - cfg.registry.pending_grace_s) * 1000
-    tagged = f"tags.`{REGISTERED_TAG}` = '{_q(name)}'"
+    tagged = f"tags.`{REGISTERED_TAG}` = '{quote(name)}'"
     runs = call(cfg, f"list unfinished register runs of {name}", mlc.search_runs, experiment_ids,
                 f"{tagged} and attributes.status = 'RUNNING'")
     killed = []
@@ -332,7 +176,7 @@ def clean_abandoned(cfg: Config, mlc, experiment_ids: list[str]) -> dict:
             call(cfg, f"end run {r.info.run_id}", mlc.set_terminated, r.info.run_id, "KILLED")
             killed.append(r.info.run_id)
     used = {model_id(v) for v in call(cfg, f"list versions of {name}", mlc.search_model_versions,
-                                                       f"name = '{_q(name)}'")}
+                                                       f"name = '{quote(name)}'")}
     models = call(cfg, f"list models logged for {name}", _logged_models, mlc, experiment_ids, tagged)
     deleted = []
     for m in models:
@@ -364,7 +208,7 @@ def clean_stale(cfg: Config, mlc, keep_version: str | None) -> list[str]:
     registrations, or a duplicate left by two runs of the same registration racing."""
     name = cfg.registry.model_name
     pending = call(cfg, f"list pending versions of {name}", mlc.search_model_versions,
-                   f"name = '{_q(name)}' and tags.`{STATE_TAG}` = '{PENDING}'")
+                   f"name = '{quote(name)}' and tags.`{STATE_TAG}` = '{PENDING}'")
     cutoff_ms = (time.time() - cfg.registry.pending_grace_s) * 1000
     deleted = []
     for mv in pending:
@@ -393,7 +237,7 @@ def _registered_model(cfg: Config, mlc):
     try:
         return call(cfg, f"read registered model {name}", mlc.get_registered_model, name)
     except RegistryError as e:
-        if _not_found(e):
+        if not_found(e):
             raise RegistryError(f"registry.model_name = {name!r}: no such registered model at {tracking_uri(cfg)} "
                                 f"(run `bridgerl register` first)") from None
         raise
@@ -404,14 +248,14 @@ def _version(cfg: Config, mlc, version: str):
     try:
         return call(cfg, f"read version {version} of {name}", mlc.get_model_version, name, str(version))
     except RegistryError as e:
-        if _not_found(e):
+        if not_found(e):
             raise RegistryError(f"registered model {name!r} has no version {version}") from None
         raise
 
 
 def history(cfg: Config, mlc=None, rm=None) -> list[dict]:
     """Promotion/rollback events recorded on the registered model, oldest first."""
-    rm = rm or _registered_model(cfg, mlc or client(cfg))
+    rm = rm or _registered_model(cfg, mlc or connect(cfg))
     events = []
     for k in sorted(t for t in rm.tags if t.startswith(HISTORY_PREFIX)):
         try:
@@ -466,7 +310,7 @@ def promote(cfg: Config, version: str | None = None, force: bool = False, mlc=No
     r = cfg.registry
     name, metric = r.model_name, r.metric
     with http_settings(cfg):
-        mlc = mlc or client(cfg)
+        mlc = mlc or connect(cfg)
         rm = _registered_model(cfg, mlc)
         if version is None:
             if CHALLENGER not in rm.aliases:
@@ -521,7 +365,7 @@ def rollback(cfg: Config, mlc=None) -> dict:
     """Move `champion` back to the champion before the current one (repeatable down the history)."""
     name = cfg.registry.model_name
     with http_settings(cfg):
-        mlc = mlc or client(cfg)
+        mlc = mlc or connect(cfg)
         rm = _registered_model(cfg, mlc)
         current = aliases(rm).get(CHAMPION)
         stack = champion_stack(history(cfg, rm=rm))
