@@ -78,7 +78,8 @@ def bridge_pipeline(
     """Configuration: `params_yaml` the params file's content; `overrides` free `-S key=value` items
     applied last. Run parameters (each sets one key; unset, i.e. empty or -1, leaves it to `params_yaml`
     and its preset):
-    `method` train.method (sft, rl_zero, cold_start, alternating, mixed, bridge, bridge_frozen_w);
+    `method` train.method (a name in the methods table, src/bridgerl/core/methods.py: bridge, a baseline or an
+    ablation);
     `preset` a preset name (src/bridgerl/presets) layered under the YAML; `base_model` model.base
     (`embedded`, a hub id or a directory); `lr_theta` train.lr_theta (α, base weights θ); `lr_w`
     train.lr_w (β, the LoRA adapter w); `lam` train.bridge.lam (λ); `steps` train.steps; `epochs`

@@ -17,6 +17,7 @@ import torch
 from conftest import FAST, REPO, make_cfg, path_overrides
 
 from bridgerl import rewards
+from bridgerl.core.methods import METHOD_NAMES
 from bridgerl.train.batches import collate
 from bridgerl.train.engines import TorchEngine
 from bridgerl.train.losses import group_advantages, grpo_loss, sft_objective, token_logprobs
@@ -196,8 +197,9 @@ def _changed(before, params):
     return [not torch.equal(b, p.detach()) for b, p in zip(before, params)]
 
 
-METHOD_STEPS = {"sft": 3, "rl_zero": 3, "cold_start": 2, "alternating": 2, "mixed": 2, "bridge": 3,
-                "bridge_frozen_w": 2, "bridge_single_level": 2}
+# every method of the table (a new one is tested here without editing this file); three iterations where the
+# checks below need them, else two
+METHOD_STEPS = {name: 3 if name in ("sft", "rl_zero", "bridge") else 2 for name in METHOD_NAMES}
 
 
 @pytest.mark.parametrize("method", list(METHOD_STEPS))
@@ -483,6 +485,28 @@ def test_rollouts_keep_every_sampled_token(tiny_project):
     out = generate(model, tok, ["Tom has 3 apples."], 6, temperature=0.0, logits_processor=[pad_at_third_never_eos])
     resp = out.response_ids[0]
     assert out.truncated == [True] and len(resp) == 6 and resp[2] == pad
+
+
+def test_generation_copy_is_made_from_the_model_in_memory(tiny_project):
+    """A Trainer given a model in memory generates from that model, whatever model.out_dir holds: here a
+    model of another size (the copy used to be loaded from model.out_dir: a size mismatch in update_weights)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from bridgerl.model.loading import load_tokenizer
+    from bridgerl.train.trainer import load_inputs
+
+    cfg = make_cfg(tiny_project, "train.method=rl_zero", "train.rollout.backend=hf", "train.grpo.kl_coef=0.0")
+    base_dir = str(tiny_project / "models" / "base")
+    other = AutoConfig.from_pretrained(base_dir)
+    other.num_hidden_layers += 1  # not the model on disk
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(other)
+    tr = Trainer(cfg, build_models(cfg, model), load_tokenizer(base_dir), *load_inputs(cfg), device="cpu")
+    assert math.isfinite(tr.train_step()["loss"])
+    copy = tr.rollout.engine.model
+    assert copy.config.num_hidden_layers == other.num_hidden_layers and copy is not model
+    merged = dict(model.named_parameters())  # rl_zero: no adapter, the policy is the model itself
+    assert all(torch.equal(t, merged[n]) for n, t in copy.named_parameters() if n in merged)
 
 
 def test_stage_run_switch(tmp_path):

@@ -5,7 +5,7 @@ a method needs to reach a target accuracy on each axis.
 All three are the trainer's own counts where the curve has them (`generated_tokens` and
 `trained_tokens` per iteration, cumulative `optimizer_steps`). For curves written before the trainer
 counted them they follow from the phase (the iteration's update rule), its mean rollout length, the
-configuration and the update rules (bridgerl.train.updates), per iteration with P prompts × G rollouts,
+configuration and the update rules' declared passes (bridgerl.core.methods.RULES), per iteration with P prompts × G rollouts,
 D demonstrations, E PPO epochs, M mini-batches and k shadow steps (tests/test_comparison_costs.py checks
 both against the trainer):
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridgerl.config import Config
-from bridgerl.core.methods import METHODS
+from bridgerl.core.methods import METHODS, RULES
 from bridgerl.core.stage_table import DEMOS_FILE, RL_TRAIN
 
 AXES = {
@@ -68,20 +68,12 @@ def token_means(cfg: Config) -> TokenMeans:
 
 def passes(cfg: Config, method: str, phase: str) -> tuple[int, int, int]:
     """Of one iteration: forward+backward passes over its rollout batch, over its demonstration batch,
-    and optimizer steps (the table in the module docstring)."""
-    t, g = cfg.train, cfg.train.grpo
-    E, M = g.ppo_epochs, g.mini_batches
-    k = t.bridge.shadow_steps if METHODS[method].shadow else 0
-    table = {
-        "sft": (0, 1, 1),
-        "rl": (E, 0, E * M),
-        "alternating": (E, 1, E * M + 1),
-        "mixed": (E, E, E * M),
-        "bridge": (E * (1 + k), E, E * M * max(k, 1)),
-    }
-    if phase not in table:
+    and optimizer steps (the rule's own declaration, bridgerl.core.methods.RULES; module docstring)."""
+    if phase not in RULES:
         raise ValueError(f"unknown phase {phase!r}")
-    return table[phase]
+    g = cfg.train.grpo
+    k = cfg.train.bridge.shadow_steps if METHODS[method].shadow else 0
+    return RULES[phase].passes(g.ppo_epochs, g.mini_batches, k)
 
 
 def iteration_cost(cfg: Config, method: str, phase: str, response_length: float, tm: TokenMeans) -> dict:
@@ -90,9 +82,10 @@ def iteration_cost(cfg: Config, method: str, phase: str, response_length: float,
     P, G, D = t.prompt_batch, g.group_size, t.demo_batch
     r = 0.0 if math.isnan(response_length) else response_length
     rl_passes, sft_passes, steps = passes(cfg, method, phase)
-    R = P * G * (tm.prompt + r) if phase != "sft" else 0.0
-    S = D * tm.demo if phase != "rl" else 0.0
-    return {"generated_tokens": P * G * r if phase != "sft" else 0.0,
+    rule = RULES[phase]
+    R = P * G * (tm.prompt + r) if rule.rollouts else 0.0
+    S = D * tm.demo if rule.demos else 0.0
+    return {"generated_tokens": P * G * r if rule.rollouts else 0.0,
             "trained_tokens": rl_passes * R + sft_passes * S, "optimizer_steps": float(steps)}
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bridgerl.comparison.costs import AXES
+from bridgerl.comparison.summary import KEY_COMPARISONS
 from bridgerl.config import Config
 from bridgerl.core.io import atomic_file
 from bridgerl.core.methods import METHOD_NAMES
@@ -91,8 +92,8 @@ def render(cfg: Config, results: dict, stats: dict, meta: dict) -> str:
               "with Holm's correction over the comparisons above (α = 0.05). The Wilcoxon signed-rank test "
               f"needs no normality, but with {n} seeds its smallest possible p is {2 / 2 ** n:.3f}."]
     else:
-        L += ["No paired comparison: the report needs bridge and at least one of cold_start, "
-              "bridge_frozen_w, mixed, alternating (or a sweep)."]
+        others = ", ".join(b for a, b in KEY_COMPARISONS if a == "bridge")
+        L += [f"No paired comparison: the report needs bridge and at least one of {others} (or a sweep)."]
     curves = any(arms[label]["curve"]["step"] for label in results)  # held-out accuracy during training
     L += ["", "## Accuracy and cost per method", "",
           "| method | " + " | ".join(f"{b} (%)" for b in benches) + (" | final held-out (%)" if curves else "")

@@ -28,5 +28,21 @@ def load_model(path: str, dtype: torch.dtype | str = torch.float32, revision: st
     return model.to(device)
 
 
+def plain_copy(model: torch.nn.Module, dtype: torch.dtype, device: torch.device | str = "cpu"):
+    """A plain (non-PEFT) model of `model`'s architecture and generation config, on `device`, for generation:
+    made from the model in memory, not from any directory. Its weights are whatever its initialization gives
+    until its owner loads them (the trainer's HF rollout engine pushes π(θ, w)'s merged weights before it
+    generates)."""
+    import copy
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    device = torch.device(device)
+    # its random initialization must not move the global RNG: a resumed run starts this copy at another step
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
+        out = AutoModelForCausalLM.from_config(base.config, dtype=dtype)
+    out.generation_config = copy.deepcopy(base.generation_config)
+    return out.requires_grad_(False)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")

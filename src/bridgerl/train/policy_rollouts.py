@@ -9,7 +9,8 @@ tokens it generates. Backends:
 - vllm: a colocated vLLM engine started from the base model directory; it returns its own log-probs of
   the sampled tokens (the trainer logs how far they are from its own forward pass).
 - hf with `hf_generation_copy` (default): transformers `generate` on a plain copy of the model that holds
-  the merged weights: no LoRA on the decode path and, under ZeRO-3, no collective per decoded token.
+  the merged weights: no LoRA on the decode path and, under ZeRO-3, no collective per decoded token. The copy
+  is made from the policy in memory (its architecture and generation config), never read from a directory.
 - hf without it: `generate` through the training policy itself (today's memory; under ZeRO-3 with
   `synced_gpus`, every decoded token gathers every layer).
 """
@@ -67,11 +68,10 @@ class PolicyRollouts:
             return HFEngine(self.train_engine.models.policy, self.stop_ids, pad_id=self.tok.pad_token_id,
                             batch_size=self.batch_size, generate_kwargs=self.train_engine.generate_kwargs())
         copy = None
-        if self.backend == "hf":  # a plain copy of the model to hold the merged weights
-            from bridgerl.model.loading import load_model
+        if self.backend == "hf":  # a plain model of the policy's architecture to hold the merged weights
+            from bridgerl.model.loading import plain_copy
 
-            copy = load_model(self.cfg.model.out_dir, dtype, device=self.device)
-            copy.requires_grad_(False)
+            copy = plain_copy(self.train_engine.models.policy, dtype, device=self.device)
         else:
             log.info("rollouts: starting a colocated vLLM engine on %s", self.cfg.model.out_dir)
         return make_engine(self.backend, self.cfg.model.out_dir, self.cfg.train.rollout,

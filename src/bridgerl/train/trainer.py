@@ -24,7 +24,7 @@ import torch
 
 from bridgerl.config import Config
 from bridgerl.core.io import read_jsonl, write_jsonl
-from bridgerl.core.methods import METHODS
+from bridgerl.core.methods import METHODS, RULES
 from bridgerl.core.stage_table import DEMOS_FILE, RL_TRAIN, RL_VAL
 from bridgerl.model.prompts import render_prompt
 from bridgerl.rewards.terms import Scorer, finish_metrics
@@ -295,14 +295,15 @@ class Trainer:
         trained_before = self.ctx.trained_tokens
         rl = sft = None
         lam = None
-        if phase != "sft":
+        rule = RULES[phase]  # what this iteration's update rule needs
+        if rule.rollouts:
             rl, info = self.rollouts()
             tokens += rl.n_tokens
             metrics.update(info)
-        if phase != "rl":
+        if rule.demos:
             sft = self.sft_batch()
             tokens += sft.n_tokens
-        if phase == "bridge":
+        if rule.lam:
             lam = metrics["lambda"] = lam_at(self.cfg, self.step, self.total_steps, self.rl_sampler.epoch)
         metrics.update(UPDATES[phase](self.ctx, rl, sft, lam))
         if self.engine.grad_norm is not None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from bridgerl.config import Config
-from bridgerl.core.methods import METHODS
+from bridgerl.core.methods import METHODS, RULES
 from bridgerl.train.batches import SeqBatch, assemble, micro_batches, split
 from bridgerl.train.losses import grpo_loss, masked_mean, sft_objective, token_logprobs
 from bridgerl.train.models import Models
@@ -308,3 +308,5 @@ def bridge_update(ctx: Ctx, rl: SeqBatch, sft: SeqBatch, lam: float) -> dict:
 
 UPDATES = {"sft": sft_update, "rl": rl_update, "alternating": alternating_update, "mixed": mixed_update,
            "bridge": bridge_update}
+# each rule's computation here, its needs and passes in bridgerl.core.methods.RULES: the same names
+assert set(UPDATES) == set(RULES), f"update rules without a declaration or a computation: {set(UPDATES) ^ set(RULES)}"
