@@ -42,7 +42,7 @@ def bridgerl_cli(stage: str, config: str, io: dict, sets: list = (), args: list 
     """Run `bridgerl <stage> -P <config> -S <set>... --io NAME=PATH... <args>`; raise on failure.
 
     `config` is the task's configuration (the slice resolve-config made for this stage, JSON); `io`
-    maps the stage's artifact names (its contract, bridgerl.stages.contracts) to this task's artifact
+    maps the stage's artifact names (its contract, bridgerl.core.stage_table) to this task's artifact
     paths. The run id comes from the pod (`KFP_RUN_ID`, set from its `pipeline/runid` label), never
     from an input, so it is not part of the cache key; it groups the run's MLflow runs. Without a pod
     (kfp.local) it is the run folder the task's artifact paths lie in.

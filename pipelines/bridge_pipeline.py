@@ -7,7 +7,7 @@ Configuration, in order of precedence (later wins):
 - `overrides`: free `-S key=value` items for everything else, e.g. ["train.grpo.kl_coef=0"].
 
 The first task, resolve-config, validates the result and gives every other task only the
-configuration its stage reads (the stage table, bridgerl.stages.contracts), so KFP's cache reuses
+configuration its stage reads (the stage table, bridgerl.core.stage_table), so KFP's cache reuses
 prepare, init-model and build-demos (and evaluate) while only training settings change. The run id
 reaches each task from its pod's label, not as an input, so it does not break the cache either.
 """

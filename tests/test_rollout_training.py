@@ -45,7 +45,8 @@ def test_engine_holds_the_updated_policy(project, tmp_path):
     policy, not of the base model."""
     from bridgerl.rollout.hf import HFEngine
     from bridgerl.train.batches import collate
-    from bridgerl.train.trainer import engine_logp_gap, make_trainer
+    from bridgerl.train.policy_rollouts import engine_logp_gap
+    from bridgerl.train.trainer import make_trainer
     from bridgerl.train.updates import rl_logprobs
 
     root = tmp_path / "p"

@@ -47,7 +47,7 @@ def test_train_code_deps_follow_its_imports():
               "src/bridgerl/train/trainer.py", "src/bridgerl/train/updates.py", "src/bridgerl/stages/train.py",
               "src/bridgerl/config"):
         assert _covered(d, deps), d
-    # prepare does not import the trainer or the verifiers (config.py does import the method table)
+    # prepare does not import the trainer or the verifiers (the configuration does import the method table)
     prep = code_deps(STAGES["prepare"])
     assert "src/bridgerl/train/trainer.py" not in prep and "src/bridgerl/train" not in prep
     assert not [d for d in prep if d.startswith("src/bridgerl/rewards")]

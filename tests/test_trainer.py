@@ -234,7 +234,7 @@ def test_method_moves_the_right_parameters(tiny_project, method):
 
 
 def test_bridge_shadow_steps_and_lambda_schedule(tiny_project):
-    from bridgerl.train.trainer import lam_at
+    from bridgerl.train.updates import lam_at
 
     cfg = make_cfg(tiny_project, "train.bridge.shadow_steps=3", "train.bridge.lam_schedule=linear",
                    "train.bridge.lam_start=0.1", "train.bridge.lam=0.7", "train.steps=4")

@@ -1,7 +1,7 @@
 """`bridgerl resolve-config` as a Kubeflow component: params YAML + run parameters → one configuration per task.
 
 The first task: it validates the configuration (a typo fails here, before any work) and hands each
-later task only the configuration its stage reads (bridgerl.stages.contracts), so a task's cache key
+later task only the configuration its stage reads (bridgerl.core.stage_table), so a task's cache key
 changes only when something it reads changes: a second run that changes only training settings
 reuses prepare, init-model and build-demos.
 """

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bridgerl.config import Config
@@ -143,3 +145,23 @@ def load_latest(ckpt_dir: str | Path, key: str) -> dict | None:
 
 def clear(ckpt_dir: str | Path) -> None:
     shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+
+def rng_state() -> dict:
+    """The RNG states as plain tensors, lists and numbers (a checkpoint is read with weights_only=True)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    s = {"torch": torch.get_rng_state(), "python": random.getstate(),
+         "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    version, internal, gauss_next = s["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    name, keys, pos, has_gauss, gauss = s["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])

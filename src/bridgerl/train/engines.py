@@ -397,7 +397,7 @@ def _ds_done(root: Path) -> list[Path]:
     return sorted((p for p in root.glob("step-*") if (p / DS_MARKER).exists()), key=lambda p: int(p.name[5:]))
 
 
-def make_engine(cfg: Config, models: Models, optimizer: torch.optim.Optimizer, env: ProcEnv) -> TorchEngine:
+def make_train_engine(cfg: Config, models: Models, optimizer: torch.optim.Optimizer, env: ProcEnv) -> TorchEngine:
     """DeepSpeed when train.distributed.strategy names a ZeRO stage, else plain torch."""
     if cfg.train.distributed.strategy == "none":
         return TorchEngine(cfg, models, optimizer, env)

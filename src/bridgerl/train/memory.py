@@ -6,6 +6,8 @@ so that a CPU benchmark shows what a GPU run would keep on the device."""
 
 from __future__ import annotations
 
+import resource
+
 import torch
 
 from bridgerl.train.models import Models
@@ -40,3 +42,17 @@ def training_state(models: Models, optimizer: torch.optim.Optimizer) -> dict[str
             if torch.is_tensor(v) and v.dim() > 0:
                 count(v, id(p) in host_ids)
     return out
+
+
+def peak_memory_mb() -> float:
+    """Peak GPU memory allocated (reset when a Trainer starts); on CPU the process's peak RSS."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def state_memory_mb(models: Models, optimizer: torch.optim.Optimizer) -> float:
+    """Memory of the training state on the training device: weights of policy, shadow and reference, their
+    gradients and the optimizer state (shared tensors once; an offloaded shadow is host memory, not counted).
+    Comparable across methods on any device."""
+    return training_state(models, optimizer)["device"] / 2**20

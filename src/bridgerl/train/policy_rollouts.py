@@ -27,6 +27,7 @@ from bridgerl.config import Config
 from bridgerl.rollout.base import Rollout, RolloutEngine, stop_token_ids
 from bridgerl.rollout.factory import make_engine, select_backend
 from bridgerl.rollout.weights import merged_weights
+from bridgerl.train.batches import SeqBatch
 
 log = logging.getLogger(__name__)
 
@@ -102,3 +103,13 @@ class PolicyRollouts:
         if self._engine is not None:
             self._engine.close()
             self._engine = None
+
+
+def engine_logp_gap(batch: SeqBatch, engine_logp: list[list[float]]) -> float:
+    """Mean |log p_engine − log p_trainer| over the sampled tokens (the trainer's in batch.extras['old_logp']);
+    the engine's are placed at the batch's response positions (batch.mask, in row order)."""
+    ours = batch.extras["old_logp"].detach().float().cpu()
+    mask = batch.mask.cpu()
+    theirs = torch.zeros_like(ours)
+    theirs[mask.bool()] = torch.tensor([x for lp in engine_logp for x in lp], dtype=theirs.dtype)
+    return float(((ours - theirs).abs() * mask).sum() / mask.sum().clamp(min=1))

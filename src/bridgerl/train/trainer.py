@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import random
-import resource
 import time
 from pathlib import Path
 
@@ -31,8 +30,10 @@ from bridgerl.rewards.terms import Scorer, finish_metrics
 from bridgerl.rollout.generation import Generated
 from bridgerl.rollout.seeded_sampling import row_seeds
 from bridgerl.train.batches import EpochSampler, SeqBatch, collate
-from bridgerl.train.engines import make_engine
+from bridgerl.train.checkpoint import rng_state, set_rng_state
+from bridgerl.train.engines import make_train_engine
 from bridgerl.train.losses import group_advantages
+from bridgerl.train.memory import peak_memory_mb, state_memory_mb
 from bridgerl.train.models import Models, build_models
 from bridgerl.train.parallel import (
     ProcEnv,
@@ -45,67 +46,8 @@ from bridgerl.train.parallel import (
     reduce_metrics,
     weigh,
 )
-from bridgerl.train.policy_rollouts import PolicyRollouts
-from bridgerl.train.updates import UPDATES, Ctx, rl_logprobs
-
-
-# ------------------------------------------------------------------------------------------------
-# schedules
-# ------------------------------------------------------------------------------------------------
-def lam_at(cfg: Config, step: int, total: int, epoch: int) -> float:
-    b = cfg.train.bridge
-    if b.lam_schedule == "constant":
-        return b.lam
-    if b.lam_schedule == "linear":
-        frac = step / max(1, total - 1)
-        return b.lam_start + (b.lam - b.lam_start) * frac
-    return min(b.lam, b.lam_start + epoch * b.lam_epoch_increment)
-
-
-def peak_memory_mb() -> float:
-    """Peak GPU memory allocated (reset when a Trainer starts); on CPU the process's peak RSS."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def state_memory_mb(models: Models, optimizer: torch.optim.Optimizer) -> float:
-    """Memory of the training state on the training device: weights of policy, shadow and reference, their
-    gradients and the optimizer state (shared tensors once; an offloaded shadow is host memory, not counted).
-    Comparable across methods on any device (bridgerl.train.memory)."""
-    from bridgerl.train.memory import training_state
-
-    return training_state(models, optimizer)["device"] / 2**20
-
-
-def engine_logp_gap(batch: SeqBatch, engine_logp: list[list[float]]) -> float:
-    """Mean |log p_engine − log p_trainer| over the sampled tokens (the trainer's in batch.extras['old_logp']);
-    the engine's are placed at the batch's response positions (batch.mask, in row order)."""
-    ours = batch.extras["old_logp"].detach().float().cpu()
-    mask = batch.mask.cpu()
-    theirs = torch.zeros_like(ours)
-    theirs[mask.bool()] = torch.tensor([x for lp in engine_logp for x in lp], dtype=theirs.dtype)
-    return float(((ours - theirs).abs() * mask).sum() / mask.sum().clamp(min=1))
-
-
-def rng_state() -> dict:
-    """The RNG states as plain tensors, lists and numbers (a checkpoint is read with weights_only=True)."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    s = {"torch": torch.get_rng_state(), "python": random.getstate(),
-         "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]}
-    if torch.cuda.is_available():
-        s["cuda"] = torch.cuda.get_rng_state_all()
-    return s
-
-
-def set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    version, internal, gauss_next = s["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    name, keys, pos, has_gauss, gauss = s["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    if "cuda" in s and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
+from bridgerl.train.policy_rollouts import PolicyRollouts, engine_logp_gap
+from bridgerl.train.updates import UPDATES, Ctx, lam_at, rl_logprobs
 
 
 # ------------------------------------------------------------------------------------------------
@@ -134,7 +76,7 @@ class Trainer:
         warm = t.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda it: min(1.0, (it + 1) / warm) if warm else 1.0)
-        self.engine = make_engine(cfg, models, self.optimizer, env)  # may route the models' calls through it
+        self.engine = make_train_engine(cfg, models, self.optimizer, env)  # may route the models' calls through it
         self.ctx = Ctx(models, self.engine, cfg)
         self.rollout = PolicyRollouts(cfg, self.engine, tokenizer, self.device,
                                       rows_per_batch=t.prompt_batch // W * t.grpo.group_size)

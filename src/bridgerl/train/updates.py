@@ -306,6 +306,17 @@ def bridge_update(ctx: Ctx, rl: SeqBatch, sft: SeqBatch, lam: float) -> dict:
     return stats
 
 
+def lam_at(cfg: Config, step: int, total: int, epoch: int) -> float:
+    """λ at iteration `step` of `total` (epoch `epoch` of the RL prompts): train.bridge.lam_schedule."""
+    b = cfg.train.bridge
+    if b.lam_schedule == "constant":
+        return b.lam
+    if b.lam_schedule == "linear":
+        frac = step / max(1, total - 1)
+        return b.lam_start + (b.lam - b.lam_start) * frac
+    return min(b.lam, b.lam_start + epoch * b.lam_epoch_increment)
+
+
 UPDATES = {"sft": sft_update, "rl": rl_update, "alternating": alternating_update, "mixed": mixed_update,
            "bridge": bridge_update}
 # each rule's computation here, its needs and passes in bridgerl.core.methods.RULES: the same names
