@@ -35,7 +35,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override '{item}' is not of the form key=value")
     key, raw = item.split("=", 1)
     key = key.strip()
-    if not key or any(not part for part in key.split(".")):
+    if not key or any(not part for part in keys.parts(key)):
         raise ConfigError(f"override '{item}' has an empty key")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bridgerl.config import Config, ConfigError, apply_override, parse_override
+from bridgerl.core import keys
 from bridgerl.core.io import read_json, write_json
 from bridgerl.core.methods import METHOD_NAMES, METHODS
 from bridgerl.core.stage_table import DEMOS_FILE, RL_TRAIN
@@ -72,7 +73,7 @@ def with_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
         return cfg.model_copy(deep=True)
     raw = cfg.model_dump(mode="json")
     for key, value in overrides.items():
-        apply_override(raw, key.split("."), value)
+        apply_override(raw, keys.parts(key), value)
     try:
         return Config.model_validate(raw)
     except Exception as e:  # pydantic's ValidationError: name the sweep
@@ -98,11 +99,10 @@ def make_arms(cfg: Config, methods: list[str], sweeps: list[tuple[str, str, list
 
 
 def _get(d: dict, key: str) -> Any:
-    for part in key.split("."):
-        if not isinstance(d, dict) or part not in d:
-            raise ConfigError(f"--sweep {key}: no such configuration key")
-        d = d[part]
-    return d
+    value = keys.get(d, key)
+    if value is keys.MISSING:
+        raise ConfigError(f"--sweep {key}: no such configuration key")
+    return value
 
 
 # ------------------------------------------------------------------------------------------------

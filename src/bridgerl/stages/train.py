@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bridgerl.config import Config
+from bridgerl.core import keys
 from bridgerl.core.io import atomic_dir, atomic_file, write_json
 from bridgerl.core.stage_table import BASE_RECORD
 from bridgerl.tracking.runs import stage_run
@@ -84,16 +85,11 @@ def toy_defaults_on_a_real_model(cfg: Config) -> list[str]:
         return []
     from bridgerl.config import Config as _C
 
-    default, keys = _C(), []
-    for k in TOY_KEYS:
-        a, b = cfg, default
-        for part in k.split("."):
-            a, b = getattr(a, part), getattr(b, part)
-        if a == b:
-            keys.append(f"{k}={a}")
-    if not keys:
+    default = _C()
+    same = [f"{k}={keys.get_attr(cfg, k)}" for k in TOY_KEYS if keys.get_attr(cfg, k) == keys.get_attr(default, k)]
+    if not same:
         return []
-    return [f"the base model ({base}) trains at the tiny embedded model's defaults ({', '.join(keys)}); "
+    return [f"the base model ({base}) trains at the tiny embedded model's defaults ({', '.join(same)}); "
             "they suit a 0.4M-parameter toy, not a pretrained model: set them, or use a preset such as "
             "smollm2-135m (src/bridgerl/presets)"]
 
