@@ -29,6 +29,7 @@ import inspect
 import logging
 import math
 import queue
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,22 +141,26 @@ class _Term:
         self.batched = is_batched(self.fn, spec.batched)
         self.n_workers = workers
         self._pool: queue.Queue | None = None
+        self._pool_lock = threading.Lock()
 
     def applies(self, ds: str) -> bool:
         return self.spec.data_sources is None or ds in self.spec.data_sources
 
     def _workers(self) -> queue.Queue:
-        if self._pool is None:
-            from bridgerl.rewards.guard import GuardedCall
+        """The term's worker pool, made once (the scoring threads ask for it at the same time)."""
+        with self._pool_lock:
+            if self._pool is None:
+                from bridgerl.rewards.guard import GuardedCall
 
-            ref = self.spec.function
-            target, name = self.spec.target()
-            if target.endswith(".py"):  # the worker may start elsewhere: give it the absolute path
-                ref = f"{Path(target).resolve()}:{name}"
-            self._pool = queue.Queue()
-            for _ in range(self.n_workers):
-                self._pool.put(GuardedCall(ref))
-        return self._pool
+                ref = self.spec.function
+                target, name = self.spec.target()
+                if target.endswith(".py"):  # the worker may start elsewhere: give it the absolute path
+                    ref = f"{Path(target).resolve()}:{name}"
+                pool: queue.Queue = queue.Queue()
+                for _ in range(self.n_workers):
+                    pool.put(GuardedCall(ref))
+                self._pool = pool
+            return self._pool
 
     def _guarded(self, *args) -> tuple[object, str | None]:
         pool = self._workers()
