@@ -30,6 +30,15 @@ def _none(*_) -> None:
     return None
 
 
+def _in_place(args: Args, argv: list[str], cfg: Config) -> tuple[Config, list[str]]:
+    return cfg, argv
+
+
+def _stage_writes(name: str, cfg: Config) -> list[str]:
+    """The paths stage `name` writes (the stage table's `Stage.writes`)."""
+    return [str(keys.get_attr(cfg, k)) for k in STAGES[name].writes]
+
+
 @dataclass(frozen=True)
 class Command:
     name: str
@@ -40,7 +49,7 @@ class Command:
     compute: bool = False  # computes with torch: sizes its threads (bridgerl.core.threads)
     outputs: Callable[[Args, Config], list[str]] | None = None  # what it writes; None: the stage table's
     check: Callable[[Args, Config], None] = _none  # arguments that would otherwise fail deep inside
-    place: Callable[[Args, list[str], Config], tuple[Config, list[str]]] | None = None  # ad-hoc outputs
+    place: Callable[[Args, list[str], Config], tuple[Config, list[str]]] = _in_place  # ad-hoc outputs
     configured: bool = True  # reads params.yaml (generate does not)
 
     @property
@@ -51,7 +60,7 @@ class Command:
         """What the command writes (each is locked against a second bridgerl process)."""
         if self.outputs is not None:
             return self.outputs(args, cfg)
-        return [str(keys.get_attr(cfg, k)) for k in self.stage.writes] if self.stage else []
+        return _stage_writes(self.name, cfg) if self.stage else []
 
 
 def _stamp() -> str:
@@ -209,7 +218,7 @@ def _evaluate_place(args: Args, argv: list[str], cfg: Config) -> tuple[Config, l
 
 
 def _evaluate_outputs(args: Args, cfg: Config) -> list[str]:
-    return [args.out] if args.predictions else [str(keys.get_attr(cfg, k)) for k in STAGES["evaluate"].writes]
+    return [args.out] if args.predictions else _stage_writes("evaluate", cfg)
 
 
 def _evaluate(args: Args, cfg: Config) -> None:

@@ -94,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.params, overrides, args.preset)
         check_paths(cfg)
         _check_rewards(command, cfg)
-        if command.place is not None:
-            cfg, argv = command.place(args, argv, cfg)
+        cfg, argv = command.place(args, argv, cfg)
         command.check(args, cfg)
         if command.tracked:
             client.ensure_reachable(cfg)  # (a local store is created when first used: runs.init_local_store)

@@ -81,11 +81,12 @@ def import_closure(module: str) -> list[Path]:
 
 
 def code_deps(stage: Stage | str) -> list[str]:
-    """The stage's code (a Stage, or a module name) as DVC dependencies (paths like `src/bridgerl/rewards`): a package directory
-    when the stage imports all its modules, else the files. The package's own __init__.py and cli.py
-    (dispatch only) are left out."""
+    """The code of a stage (or of a module, by name) as DVC dependencies (paths like `src/bridgerl/rewards`): a
+    package directory when it imports all the package's modules, else the files. The package's own
+    __init__.py (the version) is left out."""
     root = PACKAGE_DIR.parents[1]
-    files = {f for f in import_closure(stage if isinstance(stage, str) else stage.module) if f != PACKAGE_DIR / "__init__.py"}
+    module = stage if isinstance(stage, str) else stage.module
+    files = {f for f in import_closure(module) if f != PACKAGE_DIR / "__init__.py"}
     out: list[Path] = []
     for d in sorted({f.parent for f in files}):
         mine = {f for f in files if f.parent == d}

@@ -41,7 +41,6 @@ from bridgerl.config.schema import (
                                     RewardsConfig,
                                     RewardTerm,
                                     TrackingConfig,
-                                    split_ref,
 )
 from bridgerl.config.secrets import REDACTED, redact, redact_text, secret_key
 from bridgerl.config.training import BridgeConfig, DistributedConfig, GrpoConfig, LoraConfig, RolloutConfig, TrainConfig
@@ -51,4 +50,4 @@ __all__ = ["PRESET_DIR", "REDACTED", "BridgeConfig", "Config", "ConfigError", "D
            "RegistryConfig", "RewardTerm", "RewardsConfig", "RolloutConfig", "SourceSpec", "SyntheticTask",
            "TinyModel", "TrackingConfig", "TrainConfig", "apply_override", "deep_merge", "load_config",
            "parse_override", "read_preset", "read_yaml", "redact", "redact_text", "resolve_preset", "secret_key",
-           "split_ref", "user_written"]
+           "user_written"]

@@ -21,6 +21,7 @@ from bridgerl.config.inputs import DataConfig, DemosConfig, ModelConfig, SourceS
 from bridgerl.config.secrets import redact
 from bridgerl.config.training import TrainConfig
 from bridgerl.core.keys import flatten
+from bridgerl.core.refs import split_ref
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,15 +158,6 @@ class RewardTerm(_Section):
             return str(Path(spec.origin).resolve().relative_to(base.resolve()))
         except ValueError:
             return None
-
-
-def split_ref(ref: str) -> tuple[str, str] | None:
-    """A reward function's reference, 'package.module:function' or 'path/to/file.py:function', as (module or
-    file, function); None for a built-in's name (no ':'). The one parser of `rewards.terms.N.function`."""
-    if ":" not in ref:
-        return None
-    target, name = ref.rsplit(":", 1)
-    return target, name
 
 
 def _default_terms() -> list[RewardTerm]:

@@ -136,11 +136,6 @@ class Stage:
         """Whether reading `key` is covered by this contract (a param, a path, or run-level)."""
         return any(keys.covers(c, key) for c in (*self.params, *(x.key for x in self.io), *self.state, *RUN_LEVEL))
 
-    def lineage(self) -> tuple[dict[str, str], dict[str, str]]:
-        """(lineage key → configuration key) of the directories it reads and of those it writes."""
-        pick = lambda ios: {x.dir.lineage: x.key for x in ios if x.dir is not None}  # noqa: E731
-        return pick(self.inputs), pick(self.outputs)
-
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("prepare", "bridgerl.stages.prepare",

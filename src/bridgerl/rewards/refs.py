@@ -1,8 +1,8 @@
 """A user's reward function by reference: 'package.module:function' or 'path/to/file.py:function'.
 
 Loaded in the process that scores, or in a guarded worker (bridgerl.rewards.guard) from the same
-reference. The reference is parsed by `bridgerl.config.split_ref`, the one parser of
-`rewards.terms.N.function`.
+reference. The reference is parsed by `bridgerl.core.refs.split_ref`, the one parser of
+`rewards.terms.N.function` (the worker imports no configuration).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from bridgerl.config import split_ref
+from bridgerl.core.refs import split_ref
 
 
 class TermError(ValueError):

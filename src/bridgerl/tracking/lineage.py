@@ -16,9 +16,8 @@ import logging
 from pathlib import Path
 
 from bridgerl.config import Config
-from bridgerl.core import keys
 from bridgerl.core.io import digest
-from bridgerl.core.stage_table import STAGES
+from bridgerl.core.stage_table import IO, STAGES
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +26,9 @@ OUTPUT_TAG = "bridgerl.output."
 PARENT_TAG = "data."
 
 
-def stage_artifacts(stage: str) -> tuple[dict[str, str], dict[str, str]]:
-    """(lineage key → config key) of the directories `stage` reads and of those it writes (the stage table)."""
-    s = STAGES.get(stage)
-    return s.lineage() if s is not None else ({}, {})
-
-
-def _path(cfg: Config, key: str) -> Path:
-    return Path(keys.get_attr(cfg, key))
+def _hashes(cfg: Config, ios: tuple[IO, ...]) -> dict[str, str]:
+    """Lineage key → sha256 of each passed-between-stages directory among `ios` that is there."""
+    return {x.dir.lineage: digest(p) for x in ios if x.dir is not None and (p := x.dir.path(cfg)).exists()}
 
 
 def datasets(cfg: Config, stage: str) -> list[tuple[Path, str]]:
@@ -45,8 +39,8 @@ def datasets(cfg: Config, stage: str) -> list[tuple[Path, str]]:
         return []
     out = []
     for f in s.reads:
-        [where] = [x.key for x in s.inputs if x.dir is not None and f in x.dir.files]
-        p = f.at(keys.get_attr(cfg, where))
+        [where] = [x.dir for x in s.inputs if x.dir is not None and f in x.dir.files]
+        p = f.at(where.path(cfg))
         out += [(q, f.context) for q in sorted(p.glob("*.jsonl"))] if p.is_dir() else [(p, f.context)]
     return [(p, ctx) for p, ctx in out if p.is_file()]
 
@@ -59,10 +53,8 @@ def log_inputs(mlflow, cfg: Config, stage: str) -> dict[str, str]:
     for path, context in datasets(cfg, stage):
         ds = MetaDataset(LocalArtifactDatasetSource(str(path.resolve())), name=path.stem, digest=digest(path)[:16])
         mlflow.log_input(ds, context=context)
-    tags = {}
-    for key, cfg_key in stage_artifacts(stage)[0].items():
-        if _path(cfg, cfg_key).exists():
-            tags[INPUT_TAG + key] = digest(_path(cfg, cfg_key))
+    s = STAGES.get(stage)
+    tags = {INPUT_TAG + k: v for k, v in _hashes(cfg, s.inputs).items()} if s is not None else {}
     if tags:
         mlflow.set_tags(tags)
     return tags
@@ -70,8 +62,8 @@ def log_inputs(mlflow, cfg: Config, stage: str) -> dict[str, str]:
 
 def log_outputs(mlflow, client, cfg: Config, stage: str, parent_run_id: str | None) -> dict[str, str]:
     """Tag the stage run (and the parent pipeline run) with the hashes of what the stage wrote."""
-    hashes = {key: digest(_path(cfg, cfg_key)) for key, cfg_key in stage_artifacts(stage)[1].items()
-              if _path(cfg, cfg_key).exists()}
+    s = STAGES.get(stage)
+    hashes = _hashes(cfg, s.outputs) if s is not None else {}
     if hashes:
         mlflow.set_tags({OUTPUT_TAG + k: v for k, v in hashes.items()})
         if parent_run_id:
